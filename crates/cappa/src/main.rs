@@ -1,0 +1,110 @@
+//! `cappa`: pretrain ViT image encoders with contrastive (CLIP, SigLIP) and captioning (Cap,
+//! CapPa) objectives at matched compute, then compare them downstream.
+//!
+//! ```text
+//! cappa info [--json]                    # libtorch, threads, CUDA devices, bf16 support
+//! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
+//! ```
+//!
+//! Run it through `cargo xtask run -- ARGS…`, which provisions libtorch first.
+
+mod cuda;
+mod device;
+mod info;
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::device::DeviceArg;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cappa",
+    version,
+    about = "Contrastive vs. captioning pretraining of image encoders"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Flags shared by every subcommand.
+#[derive(Debug, clap::Args)]
+struct GlobalArgs {
+    /// Where tensors live: `auto` (the first CUDA device if any, else the CPU), `cpu`, `cuda`
+    /// or `cuda:N`.
+    #[arg(long, global = true, default_value = "auto")]
+    device: DeviceArg,
+    /// CPU threads for libtorch's intra-op parallelism (default: libtorch's own choice).
+    #[arg(long, global = true, value_parser = clap::value_parser!(i32).range(1..))]
+    threads: Option<i32>,
+    /// Seed for libtorch's random number generators.
+    #[arg(long, global = true, default_value_t = 0)]
+    seed: i64,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the tch and libtorch versions, CPU threads, CUDA devices and bf16 support.
+    Info {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cappa: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.global.threads {
+        tch::set_num_threads(threads);
+    }
+    tch::manual_seed(cli.global.seed);
+    match cli.command {
+        Command::Info { json } => {
+            let info = info::Info::gather(cli.global.device)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&info)?);
+            } else {
+                print!("{info}");
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn global_flags_go_before_or_after_the_subcommand() {
+        let before = Cli::try_parse_from(["cappa", "--device", "cpu", "--threads", "2", "info"])
+            .expect("parses");
+        let after =
+            Cli::try_parse_from(["cappa", "info", "--json", "--device", "cuda:1"]).expect("parses");
+        assert_eq!(before.global.device, DeviceArg::Cpu);
+        assert_eq!(before.global.threads, Some(2));
+        assert_eq!(after.global.device, DeviceArg::Cuda(1));
+        assert!(matches!(after.command, Command::Info { json: true }));
+    }
+
+    #[test]
+    fn bad_global_flags_are_refused() {
+        assert!(Cli::try_parse_from(["cappa", "--threads", "0", "info"]).is_err());
+        assert!(Cli::try_parse_from(["cappa", "--device", "tpu", "info"]).is_err());
+    }
+}

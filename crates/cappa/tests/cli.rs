@@ -1,0 +1,67 @@
+//! The `cappa` binary end to end: it starts without LD_LIBRARY_PATH (rpath to libtorch) and
+//! `info --json` is valid JSON with the documented fields.
+
+use std::process::Command;
+
+fn cappa(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_cappa"))
+        .args(args)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("the cappa binary starts")
+}
+
+#[test]
+fn info_json_parses_and_names_the_versions() {
+    let out = cappa(&["--threads", "1", "info", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(info["tch_version"], "0.24.0");
+    assert!(info["libtorch_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("2.11.0"));
+    assert_eq!(info["cpu_threads"], 1);
+    for key in ["cuda_available", "cudnn_available", "bf16"] {
+        assert!(info[key].is_boolean(), "{key} missing in {info}");
+    }
+    assert!(info["cuda_devices"].is_array());
+    assert!(["cpu", "cuda:0"].contains(&info["auto_device"].as_str().unwrap()));
+}
+
+#[test]
+fn info_text_lists_every_fact() {
+    let out = cappa(&["info"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    for label in [
+        "tch ",
+        "libtorch ",
+        "cpu ",
+        "cuda",
+        "cudnn ",
+        "auto ",
+        "bf16 ",
+    ] {
+        assert!(
+            text.lines().any(|l| l.starts_with(label)),
+            "no '{label}' line in:\n{text}"
+        );
+    }
+}
+
+#[test]
+fn an_unavailable_device_is_refused_with_advice() {
+    let out = cappa(&["--device", "cuda:99", "info"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cuda:99"), "{stderr}");
+}

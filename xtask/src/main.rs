@@ -1,0 +1,197 @@
+//! `cargo xtask`: the project's automation, in Rust and without a libtorch dependency so
+//! that it builds on a machine that has nothing but a Rust toolchain and Python 3.
+//!
+//! Every subcommand first finds or provisions libtorch 2.11.0 (see [`libtorch`]) and then
+//! runs cargo with the environment that `torch-sys` needs:
+//!
+//! ```text
+//! cargo xtask setup                 # find or install libtorch; a second run is instant
+//! cargo xtask test [ARGS…]          # fmt --check, clippy -D warnings, cargo test --workspace ARGS…
+//! cargo xtask run -- info --json    # build the `cappa` binary (release) and run it
+//! eval "$(cargo xtask env)"         # export the same environment for plain cargo
+//! ```
+
+mod libtorch;
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use crate::libtorch::Libtorch;
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "cappa's project automation", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Find or provision libtorch 2.11.0 and print where it is.
+    Setup,
+    /// Check formatting, run clippy with warnings denied, then `cargo test --workspace`.
+    ///
+    /// Extra arguments go to `cargo test`, e.g. `cargo xtask test -p cappa-models -- --nocapture`.
+    Test {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Build the `cappa` binary in release mode and run it with the given arguments.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Print shell `export` lines that let plain `cargo` build against the provisioned libtorch.
+    Env,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("xtask: error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<ExitCode> {
+    let root = workspace_root();
+    match task {
+        Task::Setup => {
+            let libtorch = libtorch::setup(Verbosity::Report)?;
+            println!("{}", libtorch.describe());
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Env => {
+            let libtorch = libtorch::setup(Verbosity::Quiet)?;
+            for (key, value) in libtorch.cargo_env() {
+                match value {
+                    Some(value) => println!("export {key}={}", shell_quote(&value)),
+                    None => println!("unset {key}"),
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Test { args } => {
+            let libtorch = libtorch::setup(Verbosity::Quiet)?;
+            let steps: [(&str, Vec<OsString>); 3] = [
+                ("formatting", os_args(&["fmt", "--all", "--", "--check"])),
+                (
+                    "clippy",
+                    os_args(&[
+                        "clippy",
+                        "--workspace",
+                        "--all-targets",
+                        "--",
+                        "-D",
+                        "warnings",
+                    ]),
+                ),
+                ("tests", [os_args(&["test", "--workspace"]), args].concat()),
+            ];
+            for (name, cargo_args) in steps {
+                eprintln!("xtask: {name}: cargo {}", display_args(&cargo_args));
+                let code = cargo(&root, &libtorch, &cargo_args)?;
+                if code != 0 {
+                    eprintln!("xtask: {name} failed (exit status {code})");
+                    return Ok(exit_code(code));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Run { args } => {
+            let libtorch = libtorch::setup(Verbosity::Quiet)?;
+            let cargo_args = [
+                os_args(&["run", "--quiet", "--release", "--package", "cappa", "--"]),
+                args,
+            ]
+            .concat();
+            Ok(exit_code(cargo(&root, &libtorch, &cargo_args)?))
+        }
+    }
+}
+
+/// Whether [`libtorch::setup`] prints what it found when nothing had to be installed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verbosity {
+    Quiet,
+    Report,
+}
+
+/// Runs `cargo ARGS` in the workspace root with libtorch's environment; returns its exit code.
+fn cargo(root: &Path, libtorch: &Libtorch, args: &[OsString]) -> Result<i32> {
+    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&program);
+    command.args(args).current_dir(root);
+    for (key, value) in libtorch.cargo_env() {
+        match value {
+            Some(value) => command.env(key, value),
+            None => command.env_remove(key),
+        };
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {}", program.to_string_lossy()))?;
+    // A child killed by a signal has no code; report it as a plain failure.
+    Ok(status.code().unwrap_or(1))
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+fn os_args(args: &[&str]) -> Vec<OsString> {
+    args.iter().map(OsString::from).collect()
+}
+
+fn display_args(args: &[OsString]) -> String {
+    args.iter()
+        .map(|arg| arg.to_string_lossy())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Quotes a value for a POSIX shell `export` line.
+fn shell_quote(value: &std::ffi::OsStr) -> String {
+    format!("'{}'", value.to_string_lossy().replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_quote_escapes_single_quotes() {
+        assert_eq!(shell_quote("a b".as_ref()), "'a b'");
+        assert_eq!(shell_quote("it's".as_ref()), r"'it'\''s'");
+    }
+
+    #[test]
+    fn cli_passes_hyphenated_arguments_through() {
+        let cli = Cli::try_parse_from(["xtask", "test", "-p", "cappa-models", "--", "--nocapture"])
+            .expect("parses");
+        let Task::Test { args } = cli.command else {
+            panic!("expected the test task, got {:?}", cli.command)
+        };
+        assert_eq!(args, os_args(&["-p", "cappa-models", "--", "--nocapture"]));
+
+        let cli = Cli::try_parse_from(["xtask", "run", "--", "info", "--json"]).expect("parses");
+        let Task::Run { args } = cli.command else {
+            panic!("expected the run task, got {:?}", cli.command)
+        };
+        assert_eq!(args, os_args(&["info", "--json"]));
+    }
+}
