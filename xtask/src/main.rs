@@ -8,9 +8,11 @@
 //! cargo xtask setup                 # find or install libtorch; a second run is instant
 //! cargo xtask test [ARGS…]          # fmt --check, clippy -D warnings, cargo test --workspace ARGS…
 //! cargo xtask run -- info --json    # build the `cappa` binary (release) and run it
+//! cargo xtask bench models          # cappa vs PyTorch eager → target/bench/models.{json,md}
 //! eval "$(cargo xtask env)"         # export the same environment for plain cargo
 //! ```
 
+mod bench;
 mod libtorch;
 
 use std::ffi::OsString;
@@ -44,6 +46,11 @@ enum Task {
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
+    },
+    /// Run benchmarks next to their references and write target/bench/NAME.{json,md}.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Which,
     },
     /// Print shell `export` lines that let plain `cargo` build against the provisioned libtorch.
     Env,
@@ -103,6 +110,16 @@ fn run(task: Task) -> Result<ExitCode> {
                     return Ok(exit_code(code));
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Task::Bench { which } => {
+            let libtorch = libtorch::setup(Verbosity::Quiet)?;
+            let build = os_args(&["build", "--quiet", "--release", "--package", "cappa"]);
+            let code = cargo(&root, &libtorch, &build)?;
+            if code != 0 {
+                return Ok(exit_code(code));
+            }
+            bench::run(which, &root, &libtorch)?;
             Ok(ExitCode::SUCCESS)
         }
         Task::Run { args } => {

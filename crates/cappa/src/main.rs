@@ -3,13 +3,17 @@
 //!
 //! ```text
 //! cappa info [--json]                    # libtorch, threads, CUDA devices, bf16 support
+//! cappa export --format open-clip CKPT OUT  # a CLIP checkpoint as an open_clip model directory
+//! cappa bench models --preset tiny       # step time and decoding throughput (see xtask bench)
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
 //! ```
 //!
 //! Run it through `cargo xtask run -- ARGS…`, which provisions libtorch first.
 
+mod bench;
 mod cuda;
 mod device;
+mod export;
 mod info;
 
 use std::process::ExitCode;
@@ -55,6 +59,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Benchmarks that print figures; `cargo xtask bench` runs them next to their references.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Convert a checkpoint directory (config.json + model.safetensors) for another library.
+    Export {
+        /// Target format; `open-clip` writes open_clip_config.json + open_clip_model.safetensors,
+        /// loadable with `open_clip.create_model_and_transforms("local-dir:OUT_DIR")`.
+        #[arg(long, value_enum, default_value = "open-clip")]
+        format: export::Format,
+        /// Checkpoint directory of a CLIP model.
+        checkpoint: std::path::PathBuf,
+        /// Directory to write (created if missing).
+        out_dir: std::path::PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Training-step time and greedy decoding throughput of CLIP and CapPa on the CPU.
+    Models(bench::ModelsArgs),
 }
 
 fn main() -> ExitCode {
@@ -82,6 +106,12 @@ fn run(cli: Cli) -> Result<()> {
                 print!("{info}");
             }
         }
+        Command::Bench(BenchCommand::Models(args)) => bench::models(&args)?,
+        Command::Export {
+            format,
+            checkpoint,
+            out_dir,
+        } => export::run(format, &checkpoint, &out_dir)?,
     }
     Ok(())
 }

@@ -65,3 +65,61 @@ fn an_unavailable_device_is_refused_with_advice() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cuda:99"), "{stderr}");
 }
+
+#[test]
+fn export_writes_an_open_clip_directory_and_refuses_what_open_clip_cannot_load() {
+    use cappa_models::checkpoint::{self, ModelConfig};
+    use cappa_models::{CapConfig, ClipConfig, Pooling};
+    use tch::nn::VarStore;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut exportable = ClipConfig::tiny();
+    exportable.vision.class_token = true;
+    exportable.vision.ln_pre = true;
+    exportable.vision.pooling = Pooling::Cls;
+    for (name, config) in [
+        ("clip", ModelConfig::Clip(exportable)),
+        ("gap-no-cls", ModelConfig::Clip(ClipConfig::tiny())),
+        ("cap", ModelConfig::Cap(CapConfig::tiny())),
+    ] {
+        let vs = VarStore::new(tch::Device::Cpu);
+        let _model = config.build(&vs);
+        checkpoint::save(&vs, &config, &dir.path().join(name)).unwrap();
+    }
+    let out = dir.path().join("exported");
+    let run = |name: &str| {
+        let ckpt = dir.path().join(name);
+        cappa(&[
+            "export",
+            "--format",
+            "open-clip",
+            ckpt.to_str().unwrap(),
+            out.to_str().unwrap(),
+        ])
+    };
+    let ok = run("clip");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("open_clip_config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model_cfg"]["vision_cfg"]["pool_type"], "tok");
+    assert_eq!(config["model_cfg"]["vision_cfg"]["head_width"], 16);
+    assert_eq!(config["model_cfg"]["text_cfg"]["pool_type"], "eos");
+    assert_eq!(config["model_cfg"]["embed_dim"], 64);
+    let weights = tch::Tensor::read_safetensors(out.join("open_clip_model.safetensors")).unwrap();
+    assert!(weights
+        .iter()
+        .any(|(name, _)| name == "visual.class_embedding"));
+    assert!(weights.iter().any(|(name, _)| name == "text_projection"));
+
+    for (name, reason) in [("gap-no-cls", "class token"), ("cap", "CLIP models only")] {
+        let refused = run(name);
+        assert!(!refused.status.success());
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(reason), "{name}: {stderr}");
+    }
+}

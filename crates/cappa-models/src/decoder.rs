@@ -1,0 +1,625 @@
+//! The Cap/CapPa caption decoder (Tschannen et al., 2023): a pre-LN transformer decoder whose
+//! blocks run self-attention, cross-attention to *all* image tokens, then an MLP.
+//!
+//! Reference: big_vision `models/proj/cappa/cappa.py`. As there: no dropout by default,
+//! learned positions, LayerNorms and MLP without bias, an untied output projection that starts
+//! at zero, and a token table with one extra row, the mask token (id = vocabulary size) used
+//! by parallel prediction. Deviation: attention projections carry biases (open_clip style).
+//!
+//! Incremental decoding keeps, per layer, the self-attention keys/values of the tokens so far
+//! and the cross-attention keys/values of the image, computed once ([`KvCache`]).
+//!
+//! Dimension letters: B batch, C candidates per image, L tokens, N image tokens, V vocabulary,
+//! D width, H heads, K head size.
+
+use serde::{Deserialize, Serialize};
+use tch::nn;
+use tch::{Kind, Tensor};
+
+use crate::layers::{attend, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, SelfAttention};
+
+/// Configuration of a [`CapDecoder`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderConfig {
+    /// Vocabulary size V; the mask token is id V, so the token table has V + 1 rows.
+    pub vocab_size: i64,
+    /// Longest sequence (training length and generation limit).
+    pub max_len: i64,
+    pub width: i64,
+    pub depth: i64,
+    pub num_heads: i64,
+    pub mlp_dim: i64,
+    /// Width of the image tokens the decoder attends to.
+    pub memory_width: i64,
+    /// First decoder input; the reference uses the pad id 0.
+    pub bos_id: i64,
+    pub eos_id: i64,
+    pub pad_id: i64,
+    pub dropout: f64,
+}
+
+impl DecoderConfig {
+    /// The paper's default for an encoder of width `width` and depth `depth`: half the depth,
+    /// the same width, heads and MLP; BOS = pad = 0, EOS = 2.
+    pub fn for_encoder(
+        vocab_size: i64,
+        max_len: i64,
+        width: i64,
+        depth: i64,
+        num_heads: i64,
+        mlp_dim: i64,
+    ) -> Self {
+        Self {
+            vocab_size,
+            max_len,
+            width,
+            depth: (depth / 2).max(1),
+            num_heads,
+            mlp_dim,
+            memory_width: width,
+            bos_id: 0,
+            eos_id: 2,
+            pad_id: 0,
+            dropout: 0.0,
+        }
+    }
+
+    /// The mask token of parallel prediction.
+    pub fn mask_id(&self) -> i64 {
+        self.vocab_size
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("max_len", self.max_len),
+            ("width", self.width),
+            ("depth", self.depth),
+            ("num_heads", self.num_heads),
+            ("mlp_dim", self.mlp_dim),
+            ("memory_width", self.memory_width),
+        ];
+        if let Some((name, value)) = positive.iter().find(|(_, v)| *v <= 0) {
+            return Err(format!("decoder.{name} must be positive, got {value}"));
+        }
+        if self.width % self.num_heads != 0 {
+            return Err(format!(
+                "decoder.width {} is not divisible by decoder.num_heads {}",
+                self.width, self.num_heads
+            ));
+        }
+        for (name, id) in [
+            ("bos_id", self.bos_id),
+            ("eos_id", self.eos_id),
+            ("pad_id", self.pad_id),
+        ] {
+            if !(0..self.vocab_size).contains(&id) {
+                return Err(format!(
+                    "decoder.{name} {id} is outside the vocabulary 0..{}",
+                    self.vocab_size
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How the decoder's self-attention sees its inputs.
+#[derive(Debug, Clone, Copy)]
+pub enum Decoding<'a> {
+    /// Autoregressive: position t sees positions ≤ t (inputs are the caption shifted right).
+    Causal,
+    /// Parallel prediction: every position sees every position (inputs are mask tokens).
+    Parallel,
+    /// Per example: a (B) boolean tensor, `true` for parallel, `false` for causal.
+    PerExample(&'a Tensor),
+}
+
+/// One decoder block: self-attention, cross-attention to the image, MLP; all pre-LN.
+#[derive(Debug)]
+struct DecoderBlock {
+    ln_1: LayerNorm,
+    self_attn: SelfAttention,
+    ln_2: LayerNorm,
+    cross_attn: CrossAttention,
+    ln_3: LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl DecoderBlock {
+    fn new(p: nn::Path<'_>, c: &DecoderConfig) -> Self {
+        Self {
+            ln_1: LayerNorm::new(&p / "ln_1", c.width, false),
+            self_attn: SelfAttention::new(&p / "self_attn", c.width, c.num_heads),
+            ln_2: LayerNorm::new(&p / "ln_2", c.width, false),
+            cross_attn: CrossAttention::new(
+                &p / "cross_attn",
+                c.width,
+                c.memory_width,
+                c.num_heads,
+            ),
+            ln_3: LayerNorm::new(&p / "ln_3", c.width, false),
+            mlp: Mlp::new(&p / "mlp", c.width, c.mlp_dim, false),
+            dropout: c.dropout,
+        }
+    }
+
+    /// The block on new positions `x` (B, T, D), given their self-attention result per head
+    /// `heads` (B, H, T, K) — computed by the caller, against cached keys/values or not.
+    fn forward(
+        &self,
+        x: &Tensor,
+        heads: &Tensor,
+        memory: &(Tensor, Tensor),
+        train: bool,
+    ) -> Tensor {
+        let x = x + self.self_attn.output(heads).dropout(self.dropout, train);
+        let x = &x
+            + self
+                .cross_attn
+                .forward_with_kv(&x.apply(&self.ln_2), &memory.0, &memory.1)
+                .dropout(self.dropout, train);
+        &x + x
+            .apply(&self.ln_3)
+            .apply(&self.mlp)
+            .dropout(self.dropout, train)
+    }
+}
+
+/// Self-attention keys/values of the tokens decoded so far and the image's cross-attention
+/// keys/values, per layer.
+#[derive(Debug)]
+pub struct KvCache {
+    layers: Vec<LayerCache>,
+    len: i64,
+}
+
+#[derive(Debug)]
+struct LayerCache {
+    keys: Option<Tensor>,
+    values: Option<Tensor>,
+    memory: (Tensor, Tensor),
+}
+
+impl KvCache {
+    /// Number of positions already decoded.
+    pub fn len(&self) -> i64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Keeps batch rows `index` (B') in that order, e.g. the surviving beams.
+    pub fn reorder(&mut self, index: &Tensor) {
+        for layer in &mut self.layers {
+            layer.keys = layer.keys.as_ref().map(|t| t.index_select(0, index));
+            layer.values = layer.values.as_ref().map(|t| t.index_select(0, index));
+            layer.memory = (
+                layer.memory.0.index_select(0, index),
+                layer.memory.1.index_select(0, index),
+            );
+        }
+    }
+}
+
+/// Settings of [`CapDecoder::generate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerateConfig {
+    /// Most tokens to generate (at most the decoder's `max_len`).
+    pub max_len: i64,
+    /// 1 = greedy decoding.
+    pub beam_size: i64,
+    /// Beams are ranked at the end by log-probability / length^length_penalty.
+    pub length_penalty: f64,
+    /// Stop a sequence at EOS (otherwise always generate `max_len` tokens).
+    pub stop_at_eos: bool,
+}
+
+impl GenerateConfig {
+    pub fn greedy(max_len: i64) -> Self {
+        Self {
+            max_len,
+            beam_size: 1,
+            length_penalty: 0.0,
+            stop_at_eos: true,
+        }
+    }
+
+    pub fn beam(max_len: i64, beam_size: i64, length_penalty: f64) -> Self {
+        Self {
+            beam_size,
+            length_penalty,
+            ..Self::greedy(max_len)
+        }
+    }
+}
+
+/// The caption decoder.
+#[derive(Debug)]
+pub struct CapDecoder {
+    config: DecoderConfig,
+    token_embedding: nn::Embedding,
+    positional_embedding: Tensor,
+    blocks: Vec<DecoderBlock>,
+    ln_final: LayerNorm,
+    head: nn::Linear,
+}
+
+impl CapDecoder {
+    pub fn new(p: nn::Path<'_>, config: &DecoderConfig) -> Self {
+        if let Err(why) = config.validate() {
+            panic!("invalid decoder config: {why}");
+        }
+        let c = config;
+        let blocks_path = &p / "blocks";
+        let head = nn::linear(
+            &p / "head",
+            c.width,
+            c.vocab_size,
+            nn::LinearConfig {
+                ws_init: nn::Init::Const(0.0),
+                bs_init: Some(nn::Init::Const(0.0)),
+                bias: true,
+            },
+        );
+        Self {
+            token_embedding: nn::embedding(
+                &p / "token_embedding",
+                c.vocab_size + 1,
+                c.width,
+                nn::EmbeddingConfig {
+                    ws_init: normal(0.02),
+                    ..Default::default()
+                },
+            ),
+            positional_embedding: p.var(
+                "positional_embedding",
+                &[c.max_len, c.width],
+                normal((c.width as f64).powf(-0.5)),
+            ),
+            blocks: (0..c.depth)
+                .map(|i| DecoderBlock::new(&blocks_path / i, c))
+                .collect(),
+            ln_final: LayerNorm::new(&p / "ln_final", c.width, false),
+            head,
+            config: config.clone(),
+        }
+    }
+
+    pub fn config(&self) -> &DecoderConfig {
+        &self.config
+    }
+
+    fn embed(&self, tokens: &Tensor, start: i64, train: bool) -> Tensor {
+        let len = tokens.size()[1];
+        assert!(
+            start + len <= self.config.max_len,
+            "positions {start}..{} exceed the decoder's max_len {}",
+            start + len,
+            self.config.max_len
+        );
+        (tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, start, len))
+            .dropout(self.config.dropout, train)
+    }
+
+    /// Cross-attention keys/values of the image tokens (B, N, E) for every layer.
+    fn memory(&self, image_tokens: &Tensor) -> Vec<(Tensor, Tensor)> {
+        assert_eq!(
+            image_tokens.size().last().copied(),
+            Some(self.config.memory_width),
+            "image tokens {:?} must end in the decoder's memory_width {}",
+            image_tokens.size(),
+            self.config.memory_width
+        );
+        self.blocks
+            .iter()
+            .map(|block| block.cross_attn.memory_kv(image_tokens))
+            .collect()
+    }
+
+    fn logits(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.ln_final).apply(&self.head)
+    }
+
+    /// Teacher-forced decoding: logits (B, L, V) for decoder inputs (B, L) given image tokens
+    /// (B, N, E). Inputs are the caption shifted right (causal) or mask tokens (parallel).
+    pub fn decode(
+        &self,
+        image_tokens: &Tensor,
+        inputs: &Tensor,
+        decoding: Decoding<'_>,
+        train: bool,
+    ) -> Tensor {
+        let memory = self.memory(image_tokens);
+        self.decode_with_memory(&memory, inputs, decoding, train)
+    }
+
+    fn decode_with_memory(
+        &self,
+        memory: &[(Tensor, Tensor)],
+        inputs: &Tensor,
+        decoding: Decoding<'_>,
+        train: bool,
+    ) -> Tensor {
+        let (b, len) = inputs.size2().expect("decoder inputs must be (B, L)");
+        let explicit;
+        let mask = match decoding {
+            Decoding::Causal => AttentionMask::Causal,
+            Decoding::Parallel => AttentionMask::Full,
+            Decoding::PerExample(parallel) => {
+                assert_eq!(
+                    parallel.size(),
+                    [b],
+                    "the per-example decoding flags must be (B)"
+                );
+                let causal = Tensor::ones([len, len], (Kind::Bool, inputs.device())).tril(0);
+                // (B, 1, L, L): causal rows, or everything for parallel examples.
+                explicit = causal
+                    .view([1, 1, len, len])
+                    .logical_or(&parallel.to_kind(Kind::Bool).view([b, 1, 1, 1]));
+                AttentionMask::Explicit(&explicit)
+            }
+        };
+        let mut x = self.embed(inputs, 0, train);
+        for (block, memory) in self.blocks.iter().zip(memory) {
+            let (q, k, v) = block.self_attn.qkv(&x.apply(&block.ln_1));
+            x = block.forward(&x, &attend(&q, &k, &v, mask), memory, train);
+        }
+        self.logits(&x)
+    }
+
+    /// An empty cache for incremental decoding of these images (B, N, E).
+    pub fn start(&self, image_tokens: &Tensor) -> KvCache {
+        KvCache {
+            layers: self
+                .memory(image_tokens)
+                .into_iter()
+                .map(|memory| LayerCache {
+                    keys: None,
+                    values: None,
+                    memory,
+                })
+                .collect(),
+            len: 0,
+        }
+    }
+
+    /// Decodes new tokens (B, T) that follow the cached ones causally; returns their logits
+    /// (B, T, V) and appends their keys/values to the cache.
+    pub fn step(&self, cache: &mut KvCache, tokens: &Tensor) -> Tensor {
+        let new = tokens.size()[1];
+        let start = cache.len;
+        let mut x = self.embed(tokens, start, false);
+        let explicit;
+        let mask = if new == 1 {
+            AttentionMask::Full
+        } else if start == 0 {
+            AttentionMask::Causal
+        } else {
+            // New position t (absolute start + t) sees absolute positions ≤ start + t.
+            let device = tokens.device();
+            let rows = Tensor::arange(new, (Kind::Int64, device)).view([new, 1]) + start;
+            let cols = Tensor::arange(start + new, (Kind::Int64, device)).view([1, start + new]);
+            explicit = cols.le_tensor(&rows).view([1, 1, new, start + new]);
+            AttentionMask::Explicit(&explicit)
+        };
+        for (block, layer) in self.blocks.iter().zip(&mut cache.layers) {
+            let (q, k, v) = block.self_attn.qkv(&x.apply(&block.ln_1));
+            let (k, v) = match (&layer.keys, &layer.values) {
+                (Some(old_k), Some(old_v)) => {
+                    (Tensor::cat(&[old_k, &k], 2), Tensor::cat(&[old_v, &v], 2))
+                }
+                _ => (k, v),
+            };
+            x = block.forward(&x, &attend(&q, &k, &v, mask), &layer.memory, false);
+            layer.keys = Some(k);
+            layer.values = Some(v);
+        }
+        cache.len += new;
+        self.logits(&x)
+    }
+
+    /// Generates token ids for each image (B, N, E): greedy for `beam_size == 1`, else beam
+    /// search. Each sequence excludes the BOS and stops before EOS.
+    pub fn generate(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
+        tch::no_grad(|| {
+            if config.beam_size <= 1 {
+                self.greedy(image_tokens, config)
+            } else {
+                self.beam_search_no_grad(image_tokens, config)
+            }
+        })
+    }
+
+    fn check_length(&self, config: &GenerateConfig) {
+        assert!(
+            config.max_len >= 1 && config.max_len <= self.config.max_len,
+            "generation length {} must be in 1..={} (the decoder's max_len)",
+            config.max_len,
+            self.config.max_len
+        );
+    }
+
+    fn greedy(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
+        self.check_length(config);
+        let b = image_tokens.size()[0];
+        let device = image_tokens.device();
+        let mut cache = self.start(image_tokens);
+        let mut next = Tensor::full([b, 1], self.config.bos_id, (Kind::Int64, device));
+        let mut steps = Vec::with_capacity(config.max_len as usize);
+        let mut done = Tensor::zeros([b], (Kind::Bool, device));
+        for _ in 0..config.max_len {
+            let logits = self.step(&mut cache, &next); // (B, 1, V)
+            next = logits.argmax(-1, false); // (B, 1)
+            steps.push(next.shallow_clone());
+            if config.stop_at_eos {
+                done = done.logical_or(&next.squeeze_dim(1).eq(self.config.eos_id));
+                if bool::try_from(done.all()).expect("scalar") {
+                    break;
+                }
+            }
+        }
+        self.collect(&Tensor::cat(&steps, 1), config.stop_at_eos)
+    }
+
+    /// Greedy decoding that recomputes the whole prefix at every step, without a cache: the
+    /// reference the cached path is tested and benchmarked against.
+    pub fn greedy_uncached(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
+        self.check_length(config);
+        tch::no_grad(|| {
+            let b = image_tokens.size()[0];
+            let memory = self.memory(image_tokens);
+            let mut inputs = Tensor::full(
+                [b, 1],
+                self.config.bos_id,
+                (Kind::Int64, image_tokens.device()),
+            );
+            for _ in 0..config.max_len {
+                let logits = self.decode_with_memory(&memory, &inputs, Decoding::Causal, false);
+                let next = logits.select(1, -1).argmax(-1, true); // (B, 1)
+                inputs = Tensor::cat(&[&inputs, &next], 1);
+            }
+            self.collect(&inputs.narrow(1, 1, config.max_len), config.stop_at_eos)
+        })
+    }
+
+    /// Rows of generated ids (B, T) as vectors, cut before the first EOS when asked.
+    fn collect(&self, generated: &Tensor, stop_at_eos: bool) -> Vec<Vec<i64>> {
+        let rows = Vec::<Vec<i64>>::try_from(generated.to_device(tch::Device::Cpu))
+            .expect("generated ids are an int64 matrix");
+        rows.into_iter()
+            .map(|row| match stop_at_eos {
+                true => row
+                    .into_iter()
+                    .take_while(|&t| t != self.config.eos_id)
+                    .collect(),
+                false => row,
+            })
+            .collect()
+    }
+
+    /// Beam search. Beams are extended by their raw log-probability; a beam that emitted EOS
+    /// stays in the beam with its score frozen (it may only continue with padding, at no
+    /// cost). At the end each image's beams are ranked by score / length^length_penalty.
+    ///
+    /// [`CapDecoder::generate`] uses it for `beam_size > 1`; with `beam_size == 1` it gives
+    /// exactly the greedy result.
+    pub fn beam_search(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
+        tch::no_grad(|| self.beam_search_no_grad(image_tokens, config))
+    }
+
+    fn beam_search_no_grad(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
+        self.check_length(config);
+        assert!(config.beam_size >= 1, "beam_size must be at least 1");
+        let (b, k, v) = (
+            image_tokens.size()[0],
+            config.beam_size,
+            self.config.vocab_size,
+        );
+        let device = image_tokens.device();
+        let (eos, pad) = (self.config.eos_id, self.config.pad_id);
+        let mut cache = self.start(image_tokens);
+        // Every image's beams share one cache row to begin with.
+        let rows = Tensor::arange(b, (Kind::Int64, device)).repeat_interleave_self_int(k, 0, None);
+        cache.reorder(&rows);
+        let mut next = Tensor::full([b * k, 1], self.config.bos_id, (Kind::Int64, device));
+        // Only the first beam of each image is live at the start; the others are copies.
+        let scores = Tensor::full([b, k], f64::NEG_INFINITY, (Kind::Float, device));
+        let _ = scores.select(1, 0).fill_(0.0);
+        let mut scores = scores.view([b * k]);
+        let mut finished = Tensor::zeros([b * k], (Kind::Bool, device));
+        let mut lengths = Tensor::zeros([b * k], (Kind::Int64, device));
+        let mut history: Vec<Tensor> = Vec::new();
+        // A finished beam's continuation: padding at log-probability 0, nothing else.
+        let frozen = Tensor::full([v], f64::NEG_INFINITY, (Kind::Float, device)).index_fill(
+            0,
+            &Tensor::from_slice(&[pad]).to_device(device),
+            0.0,
+        );
+        for _ in 0..config.max_len {
+            let logp = self
+                .step(&mut cache, &next)
+                .squeeze_dim(1)
+                .log_softmax(-1, Kind::Float); // (B·k, V)
+            let logp = logp.where_self(&finished.logical_not().unsqueeze(1), &frozen.unsqueeze(0));
+            let total = (scores.unsqueeze(1) + logp).view([b, k * v]);
+            let (best, index) = total.topk(k, -1, true, true); // (B, k)
+            let beam = index.divide_scalar_mode(v, "floor"); // (B, k) beam within the image
+            let token = index.remainder(v); // (B, k)
+            let source =
+                (beam + Tensor::arange(b, (Kind::Int64, device)).unsqueeze(1) * k).view([b * k]);
+            cache.reorder(&source);
+            history = history.iter().map(|h| h.index_select(0, &source)).collect();
+            finished = finished.index_select(0, &source);
+            lengths =
+                lengths.index_select(0, &source) + finished.logical_not().to_kind(Kind::Int64);
+            next = token.view([b * k, 1]);
+            history.push(next.shallow_clone());
+            scores = best.view([b * k]);
+            if config.stop_at_eos {
+                finished = finished.logical_or(&next.squeeze_dim(1).eq(eos));
+                if bool::try_from(finished.all()).expect("scalar") {
+                    break;
+                }
+            }
+        }
+        let normalised = (&scores
+            / lengths
+                .clamp_min(1)
+                .to_kind(Kind::Float)
+                .pow_tensor_scalar(config.length_penalty))
+        .view([b, k]);
+        let best = normalised.argmax(-1, false) + Tensor::arange(b, (Kind::Int64, device)) * k; // (B)
+        let sequences = Tensor::cat(&history, 1).index_select(0, &best);
+        self.collect(&sequences, config.stop_at_eos)
+    }
+
+    /// Summed log-likelihood of candidate captions: image tokens (B, N, E) and candidates
+    /// (B, C, L) or (C, L) shared by all images; returns (B, C). Padding is not scored; the
+    /// image's keys/values are computed once and shared by its candidates.
+    pub fn score(&self, image_tokens: &Tensor, candidates: &Tensor) -> Tensor {
+        let b = image_tokens.size()[0];
+        let candidates = match candidates.dim() {
+            2 => candidates.unsqueeze(0).expand([b, -1, -1], false),
+            3 => candidates.shallow_clone(),
+            _ => panic!(
+                "candidates must be (C, L) or (B, C, L), got {:?}",
+                candidates.size()
+            ),
+        };
+        let (_, c, len) = candidates.size3().expect("(B, C, L)");
+        let targets = candidates.reshape([b * c, len]); // (B·C, L)
+        let memory: Vec<(Tensor, Tensor)> = self
+            .memory(image_tokens)
+            .into_iter()
+            .map(|(k, v)| (repeat_rows(&k, c), repeat_rows(&v, c)))
+            .collect();
+        let inputs = shift_right(&targets, self.config.bos_id);
+        let logp = self
+            .decode_with_memory(&memory, &inputs, Decoding::Causal, false)
+            .log_softmax(-1, Kind::Float); // (B·C, L, V)
+        let token_logp = logp.gather(2, &targets.unsqueeze(2), false).squeeze_dim(2); // (B·C, L)
+        let keep = targets.ne(self.config.pad_id).to_kind(Kind::Float);
+        (token_logp * keep)
+            .sum_dim_intlist(1, false, Kind::Float)
+            .view([b, c])
+    }
+}
+
+/// Repeats each row of (B, …) `times` times, consecutively: (B·times, …).
+fn repeat_rows(x: &Tensor, times: i64) -> Tensor {
+    x.repeat_interleave_self_int(times, 0, None)
+}
+
+/// The decoder inputs of a causal (teacher-forced) pass: BOS, then the caption without its
+/// last token. (B, L) -> (B, L).
+pub fn shift_right(targets: &Tensor, bos_id: i64) -> Tensor {
+    let (b, len) = targets.size2().expect("targets must be (B, L)");
+    let bos = Tensor::full([b, 1], bos_id, (Kind::Int64, targets.device()));
+    Tensor::cat(&[bos, targets.narrow(1, 0, len - 1)], 1)
+}

@@ -1,0 +1,305 @@
+//! Building blocks shared by the encoder, the text tower and the decoder.
+//!
+//! Variable names follow PyTorch's (and so open_clip's) state-dict names: `ln_1.weight`,
+//! `attn.in_proj_weight`, `attn.out_proj.bias`, `mlp.c_fc.weight`, ...
+//!
+//! Dimension letters: B batch, T query tokens, S key tokens, D width, H heads, K head size
+//! (D / H), M MLP width.
+
+use tch::nn::{self, Module};
+use tch::{Kind, Tensor};
+
+/// Standard deviation of the normal initialisation of projection weights.
+pub(crate) const INIT_STD: f64 = 0.02;
+
+pub(crate) fn normal(std: f64) -> nn::Init {
+    nn::Init::Randn {
+        mean: 0.0,
+        stdev: std,
+    }
+}
+
+/// A linear layer whose weight is drawn from N(0, 0.02²) and whose bias (if any) starts at 0.
+pub(crate) fn linear(p: nn::Path<'_>, input: i64, output: i64, bias: bool) -> nn::Linear {
+    nn::linear(
+        p,
+        input,
+        output,
+        nn::LinearConfig {
+            ws_init: normal(INIT_STD),
+            bs_init: bias.then_some(nn::Init::Const(0.0)),
+            bias,
+        },
+    )
+}
+
+/// Layer normalisation over the last dimension, with an optional bias (the CapPa decoder
+/// has none).
+#[derive(Debug)]
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    dim: i64,
+}
+
+impl LayerNorm {
+    pub fn new(p: nn::Path<'_>, dim: i64, bias: bool) -> Self {
+        Self {
+            weight: p.var("weight", &[dim], nn::Init::Const(1.0)),
+            bias: bias.then(|| p.var("bias", &[dim], nn::Init::Const(0.0))),
+            dim,
+        }
+    }
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.layer_norm(
+            [self.dim],
+            Some(&self.weight),
+            self.bias.as_ref(),
+            1e-5,
+            true,
+        )
+    }
+}
+
+/// Which positions a query may attend to.
+#[derive(Debug, Clone, Copy)]
+pub enum AttentionMask<'a> {
+    /// Every query sees every key.
+    Full,
+    /// Query t sees keys ≤ t (query and key sequences aligned at the start).
+    Causal,
+    /// A boolean mask broadcastable to (B, H, T, S); `true` where attention is allowed.
+    Explicit(&'a Tensor),
+}
+
+/// Splits (B, T, D) into heads: (B, H, T, K).
+pub(crate) fn split_heads(x: &Tensor, num_heads: i64) -> Tensor {
+    let (b, t, d) = x.size3().expect("split_heads expects (B, T, D)");
+    x.view([b, t, num_heads, d / num_heads]).transpose(1, 2)
+}
+
+/// Merges heads back: (B, H, T, K) -> (B, T, D).
+pub(crate) fn merge_heads(x: &Tensor) -> Tensor {
+    let (b, h, t, k) = x.size4().expect("merge_heads expects (B, H, T, K)");
+    x.transpose(1, 2).contiguous().view([b, t, h * k])
+}
+
+pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttentionMask<'_>) -> Tensor {
+    match mask {
+        AttentionMask::Full => {
+            Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, false, None, false)
+        }
+        AttentionMask::Causal => {
+            Tensor::scaled_dot_product_attention(q, k, v, None::<&Tensor>, 0.0, true, None, false)
+        }
+        AttentionMask::Explicit(mask) => {
+            Tensor::scaled_dot_product_attention(q, k, v, Some(mask), 0.0, false, None, false)
+        }
+    }
+}
+
+/// Multi-head self-attention with a packed input projection, as `torch.nn.MultiheadAttention`
+/// (`in_proj_weight` (3D, D), `in_proj_bias` (3D), `out_proj`).
+#[derive(Debug)]
+pub struct SelfAttention {
+    in_proj_weight: Tensor,
+    in_proj_bias: Tensor,
+    out_proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl SelfAttention {
+    pub fn new(p: nn::Path<'_>, width: i64, num_heads: i64) -> Self {
+        assert_eq!(
+            width % num_heads,
+            0,
+            "width {width} is not divisible by num_heads {num_heads}"
+        );
+        Self {
+            in_proj_weight: p.var("in_proj_weight", &[3 * width, width], normal(INIT_STD)),
+            in_proj_bias: p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0)),
+            out_proj: linear(&p / "out_proj", width, width, true),
+            num_heads,
+        }
+    }
+
+    /// Queries, keys and values of `x` (B, T, D), each (B, H, T, K).
+    pub(crate) fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let packed = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)); // (B, T, 3D)
+        let parts = packed.chunk(3, -1);
+        (
+            split_heads(&parts[0], self.num_heads),
+            split_heads(&parts[1], self.num_heads),
+            split_heads(&parts[2], self.num_heads),
+        )
+    }
+
+    pub(crate) fn output(&self, heads: &Tensor) -> Tensor {
+        merge_heads(heads).apply(&self.out_proj)
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: AttentionMask<'_>) -> Tensor {
+        let (q, k, v) = self.qkv(x);
+        self.output(&attend(&q, &k, &v, mask))
+    }
+}
+
+/// Attention from queries of one sequence to keys/values of another (the decoder attending to
+/// image tokens, or a MAP probe attending to patch tokens).
+#[derive(Debug)]
+pub struct CrossAttention {
+    q_proj: nn::Linear,
+    kv_proj: nn::Linear,
+    out_proj: nn::Linear,
+    num_heads: i64,
+}
+
+impl CrossAttention {
+    pub fn new(p: nn::Path<'_>, width: i64, memory_width: i64, num_heads: i64) -> Self {
+        assert_eq!(
+            width % num_heads,
+            0,
+            "width {width} is not divisible by num_heads {num_heads}"
+        );
+        Self {
+            q_proj: linear(&p / "q_proj", width, width, true),
+            kv_proj: linear(&p / "kv_proj", memory_width, 2 * width, true),
+            out_proj: linear(&p / "out_proj", width, width, true),
+            num_heads,
+        }
+    }
+
+    /// Keys and values of the memory (B, S, E), each (B, H, S, K); computed once per image
+    /// when decoding incrementally.
+    pub fn memory_kv(&self, memory: &Tensor) -> (Tensor, Tensor) {
+        let kv = memory.apply(&self.kv_proj).chunk(2, -1); // 2 × (B, S, D)
+        (
+            split_heads(&kv[0], self.num_heads),
+            split_heads(&kv[1], self.num_heads),
+        )
+    }
+
+    pub fn forward_with_kv(&self, x: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
+        let q = split_heads(&x.apply(&self.q_proj), self.num_heads);
+        merge_heads(&attend(&q, k, v, AttentionMask::Full)).apply(&self.out_proj)
+    }
+}
+
+/// Two-layer GELU MLP (`c_fc`, `c_proj`, as open_clip names them).
+#[derive(Debug)]
+pub struct Mlp {
+    c_fc: nn::Linear,
+    c_proj: nn::Linear,
+}
+
+impl Mlp {
+    pub fn new(p: nn::Path<'_>, width: i64, hidden: i64, bias: bool) -> Self {
+        Self {
+            c_fc: linear(&p / "c_fc", width, hidden, bias),
+            c_proj: linear(&p / "c_proj", hidden, width, bias),
+        }
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.apply(&self.c_fc).gelu("none").apply(&self.c_proj)
+    }
+}
+
+/// The pre-LN transformer block of the encoder and text towers:
+/// `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`.
+#[derive(Debug)]
+pub struct EncoderBlock {
+    ln_1: LayerNorm,
+    attn: SelfAttention,
+    ln_2: LayerNorm,
+    mlp: Mlp,
+    dropout: f64,
+}
+
+impl EncoderBlock {
+    pub fn new(p: nn::Path<'_>, width: i64, num_heads: i64, mlp_dim: i64, dropout: f64) -> Self {
+        Self {
+            ln_1: LayerNorm::new(&p / "ln_1", width, true),
+            attn: SelfAttention::new(&p / "attn", width, num_heads),
+            ln_2: LayerNorm::new(&p / "ln_2", width, true),
+            mlp: Mlp::new(&p / "mlp", width, mlp_dim, true),
+            dropout,
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: AttentionMask<'_>, train: bool) -> Tensor {
+        let x = x + self
+            .attn
+            .forward(&x.apply(&self.ln_1), mask)
+            .dropout(self.dropout, train);
+        &x + x
+            .apply(&self.ln_2)
+            .apply(&self.mlp)
+            .dropout(self.dropout, train)
+    }
+}
+
+/// `transformer.resblocks.{i}`: a stack of encoder blocks.
+#[derive(Debug)]
+pub struct Transformer {
+    blocks: Vec<EncoderBlock>,
+}
+
+impl Transformer {
+    pub fn new(
+        p: nn::Path<'_>,
+        depth: i64,
+        width: i64,
+        num_heads: i64,
+        mlp_dim: i64,
+        dropout: f64,
+    ) -> Self {
+        let p = &p / "resblocks";
+        Self {
+            blocks: (0..depth)
+                .map(|i| EncoderBlock::new(&p / i, width, num_heads, mlp_dim, dropout))
+                .collect(),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, mask: AttentionMask<'_>, train: bool) -> Tensor {
+        let mut x = x.shallow_clone();
+        for block in &self.blocks {
+            x = block.forward(&x, mask, train);
+        }
+        x
+    }
+}
+
+/// L2-normalises the last dimension.
+pub fn l2_normalize(x: &Tensor) -> Tensor {
+    x / x
+        .norm_scalaropt_dim(2, [-1], true)
+        .clamp_min(1e-12)
+        .to_kind(x.kind())
+}
+
+/// Position index of each row's pooling token: the first `eos_id`, or the last non-pad token
+/// when a row has no EOS (e.g. it was truncated). tokens: (B, L) -> (B).
+pub fn eos_positions(tokens: &Tensor, eos_id: i64, pad_id: i64) -> Tensor {
+    let (_, len) = tokens.size2().expect("tokens must be (B, L)");
+    let positions = Tensor::arange(len, (Kind::Int64, tokens.device())).unsqueeze(0); // (1, L)
+    let is_eos = tokens.eq(eos_id);
+    // First EOS: the smallest position where is_eos; rows without one get L.
+    let first_eos = positions
+        .masked_fill(&is_eos.logical_not(), len)
+        .min_dim(1, false)
+        .0;
+    // Last non-pad token (0 for an all-pad row).
+    let last_token = positions
+        .masked_fill(&tokens.eq(pad_id), -1)
+        .max_dim(1, false)
+        .0
+        .clamp_min(0);
+    first_eos.where_self(&first_eos.lt(len), &last_token)
+}

@@ -1,0 +1,196 @@
+//! `cargo xtask bench`: runs cappa's benchmarks next to their reference implementations on the
+//! same machine and libtorch, alternating the two, and writes `target/bench/NAME.json`
+//! (`[{name, ours, reference, unit, ratio, target}]`) and `target/bench/NAME.md`.
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::{json, Value};
+
+use crate::libtorch::Libtorch;
+
+#[derive(Debug, Clone, Copy, clap::Subcommand)]
+pub(crate) enum Which {
+    /// Model step time and greedy decoding vs PyTorch eager (scripts/bench_models_reference.py).
+    Models,
+}
+
+/// Rounds of (ours, reference) runs; each figure keeps its best round.
+const ROUNDS: usize = 2;
+
+/// One row of a benchmark table.
+#[derive(Debug)]
+struct Row {
+    name: String,
+    ours: f64,
+    reference: f64,
+    unit: &'static str,
+    /// ours / reference.
+    ratio: f64,
+    /// The goal for the ratio, e.g. "≤ 0.85".
+    target: String,
+    met: bool,
+}
+
+impl Row {
+    /// A row where lower is better (times).
+    fn lower(name: String, ours: f64, reference: f64, unit: &'static str, max_ratio: f64) -> Self {
+        let ratio = ours / reference;
+        Self {
+            name,
+            ours,
+            reference,
+            unit,
+            ratio,
+            target: format!("≤ {max_ratio:.2}"),
+            met: ratio <= max_ratio,
+        }
+    }
+
+    /// A row where higher is better (throughputs).
+    fn higher(name: String, ours: f64, reference: f64, unit: &'static str, min_ratio: f64) -> Self {
+        let ratio = ours / reference;
+        Self {
+            name,
+            ours,
+            reference,
+            unit,
+            ratio,
+            target: format!("≥ {min_ratio:.1}"),
+            met: ratio >= min_ratio,
+        }
+    }
+}
+
+pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> {
+    let out_dir = root.join("target").join("bench");
+    std::fs::create_dir_all(&out_dir)?;
+    match which {
+        Which::Models => {
+            let python = match libtorch {
+                Libtorch::Python { torch, .. } => torch.python.clone(),
+                Libtorch::Dir(_) => bail!(
+                    "the PyTorch reference needs a Python with torch 2.11.0; unset LIBTORCH so \
+                     that xtask uses (or installs) one"
+                ),
+            };
+            let mut rows = Vec::new();
+            for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
+                let mut ours = Vec::new();
+                let mut reference = Vec::new();
+                for round in 0..ROUNDS {
+                    eprintln!(
+                        "xtask: bench models --preset {preset}, round {}/{ROUNDS}",
+                        round + 1
+                    );
+                    let file = out_dir.join(format!("models-{preset}-ours.json"));
+                    let mut cmd = Command::new(root.join("target/release/cappa"));
+                    cmd.args([
+                        "--threads",
+                        "2",
+                        "bench",
+                        "models",
+                        "--preset",
+                        preset,
+                        "--json",
+                    ])
+                    .arg(&file);
+                    ours.push(run_for_json(&mut cmd, &file)?);
+                    let file = out_dir.join(format!("models-{preset}-reference.json"));
+                    let mut cmd = Command::new(&python);
+                    cmd.arg(root.join("scripts/bench_models_reference.py"))
+                        .args(["--preset", preset, "--threads", "2", "--json"])
+                        .arg(&file);
+                    reference.push(run_for_json(&mut cmd, &file)?);
+                }
+                ensure!(
+                    ours[0]["params"] == reference[0]["params"],
+                    "preset {preset}: the reference's parameter counts {} differ from cappa's {}: \
+                     the two architectures have drifted apart",
+                    reference[0]["params"],
+                    ours[0]["params"]
+                );
+                let best_low = |runs: &[Value], key: &str| fold(runs, key, f64::min);
+                let best_high = |runs: &[Value], key: &str| fold(runs, key, f64::max);
+                for (model, key) in [("CLIP", "clip_step_ms"), ("CapPa", "cappa_step_ms")] {
+                    rows.push(Row::lower(
+                        format!("{preset}: {model} train step (fwd+bwd+AdamW, batch 32)"),
+                        best_low(&ours, key)?,
+                        best_low(&reference, key)?,
+                        "ms",
+                        step_target,
+                    ));
+                }
+                let cached = best_high(&ours, "greedy_cached_tokens_per_s")?;
+                rows.push(Row::higher(
+                    format!("{preset}: greedy decoding with KV cache, 8×64 tokens"),
+                    cached,
+                    best_high(&reference, "greedy_cached_tokens_per_s")?,
+                    "tokens/s",
+                    1.0,
+                ));
+                rows.push(Row::higher(
+                    format!("{preset}: cached vs uncached decoding (reference = cappa uncached)"),
+                    cached,
+                    best_high(&ours, "greedy_uncached_tokens_per_s")?,
+                    "tokens/s",
+                    10.0,
+                ));
+            }
+            write_outputs(&out_dir, "models", &rows)
+        }
+    }
+}
+
+fn fold(runs: &[Value], key: &str, pick: fn(f64, f64) -> f64) -> Result<f64> {
+    let mut best: Option<f64> = None;
+    for run in runs {
+        let value = run[key]
+            .as_f64()
+            .with_context(|| format!("no number `{key}` in {run}"))?;
+        best = Some(best.map_or(value, |b| pick(b, value)));
+    }
+    best.context("no runs")
+}
+
+fn run_for_json(command: &mut Command, file: &Path) -> Result<Value> {
+    let status = command
+        .status()
+        .with_context(|| format!("could not start {command:?}"))?;
+    ensure!(status.success(), "{command:?} failed ({status})");
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("{} not written", file.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))
+}
+
+fn write_outputs(out_dir: &Path, name: &str, rows: &[Row]) -> Result<()> {
+    let json_rows: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "name": r.name, "ours": r.ours, "reference": r.reference, "unit": r.unit,
+                "ratio": r.ratio, "target": r.target, "met": r.met,
+            })
+        })
+        .collect();
+    let json_path = out_dir.join(format!("{name}.json"));
+    std::fs::write(&json_path, serde_json::to_string_pretty(&json_rows)?)?;
+    let mut table = String::from(
+        "| benchmark | cappa | reference | unit | ratio | target |\n|---|---:|---:|---|---:|---|\n",
+    );
+    for r in rows {
+        let mark = if r.met { "met" } else { "NOT met" };
+        writeln!(
+            table,
+            "| {} | {:.2} | {:.2} | {} | {:.2} | {} ({mark}) |",
+            r.name, r.ours, r.reference, r.unit, r.ratio, r.target
+        )?;
+    }
+    let md_path = out_dir.join(format!("{name}.md"));
+    std::fs::write(&md_path, &table)?;
+    println!("{table}");
+    println!("wrote {} and {}", json_path.display(), md_path.display());
+    Ok(())
+}
