@@ -295,11 +295,10 @@ class CapPa(nn.Module):
         return per_caption.mean()
 
     @torch.no_grad()
-    def greedy_cached(self, images, n_tokens):
-        _, enc_tokens = self.visual(images)
+    def greedy_cached(self, enc_tokens, n_tokens):
         memories = self.memories(enc_tokens)  # cross-attention K,V once per image
         caches = [{} for _ in self.blocks]  # self-attention K,V, grown by torch.cat each step
-        token = torch.full((images.shape[0], 1), BOS_ID)
+        token = torch.full((enc_tokens.shape[0], 1), BOS_ID)
         out = []
         for step in range(n_tokens):
             logits = self.decode(token, memories, start=step, caches=caches)
@@ -308,9 +307,8 @@ class CapPa(nn.Module):
         return torch.cat(out, dim=1)
 
     @torch.no_grad()
-    def greedy_uncached(self, images, n_tokens):
-        _, enc_tokens = self.visual(images)
-        seq = torch.full((images.shape[0], 1), BOS_ID)
+    def greedy_uncached(self, enc_tokens, n_tokens):
+        seq = torch.full((enc_tokens.shape[0], 1), BOS_ID)
         for _ in range(n_tokens):
             # The plain decoder forward on the whole prefix each step (causal), cross-attention
             # K,V included: nothing is carried over between steps but the image tokens.
@@ -346,14 +344,15 @@ def time_train(model, make_loss, warmup, steps):
     return statistics.median(times)
 
 
-def time_greedy(fn, images, runs=3):
-    """Tokens/s of greedy decoding: 8*64 / seconds, median of `runs` after one warm-up."""
-    fn(images, GREEDY_TOKENS)
+def time_greedy(fn, enc_tokens, runs=3):
+    """Tokens/s of greedy decoding from already encoded images: 8*64 / seconds, median of `runs`
+    after one warm-up (the encoder is not timed)."""
+    fn(enc_tokens, GREEDY_TOKENS)
     rates = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        fn(images, GREEDY_TOKENS)
-        rates.append(images.shape[0] * GREEDY_TOKENS / (time.perf_counter() - t0))
+        fn(enc_tokens, GREEDY_TOKENS)
+        rates.append(enc_tokens.shape[0] * GREEDY_TOKENS / (time.perf_counter() - t0))
     return statistics.median(rates)
 
 
@@ -362,9 +361,10 @@ def check_cache(model: CapPa, p: Preset):
     head = {k: v.clone() for k, v in model.head.state_dict().items()}
     with torch.no_grad():
         nn.init.normal_(model.head.weight, std=1.0)
-    images = torch.randn(2, 3, p.image, p.image)
-    a = model.greedy_cached(images, 16)
-    b = model.greedy_uncached(images, 16)
+    with torch.no_grad():
+        _, enc_tokens = model.visual(torch.randn(2, 3, p.image, p.image))
+    a = model.greedy_cached(enc_tokens, 16)
+    b = model.greedy_uncached(enc_tokens, 16)
     model.head.load_state_dict(head)
     if not torch.equal(a, b):
         raise RuntimeError(f"cached and uncached greedy decoding differ:\n{a}\n{b}")
@@ -407,8 +407,10 @@ def main():
     if args.check:
         check_cache(cappa, p)
     gimages = torch.randn(GREEDY_BATCH, 3, p.image, p.image)
-    cached = time_greedy(cappa.greedy_cached, gimages)
-    uncached = time_greedy(cappa.greedy_uncached, gimages)
+    with torch.no_grad():
+        _, enc_tokens = cappa.visual(gimages)
+    cached = time_greedy(cappa.greedy_cached, enc_tokens)
+    uncached = time_greedy(cappa.greedy_uncached, enc_tokens)
 
     result = {
         "preset": args.preset,

@@ -16,7 +16,10 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::{Kind, Tensor};
 
-use crate::layers::{attend, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, SelfAttention};
+use crate::layers::{
+    attend, dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, SelfAttention,
+};
+use crate::validate;
 
 /// Configuration of a [`CapDecoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,36 +74,29 @@ impl DecoderConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("max_len", self.max_len),
-            ("width", self.width),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("mlp_dim", self.mlp_dim),
-            ("memory_width", self.memory_width),
-        ];
-        if let Some((name, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-            return Err(format!("decoder.{name} must be positive, got {value}"));
-        }
-        if self.width % self.num_heads != 0 {
-            return Err(format!(
-                "decoder.width {} is not divisible by decoder.num_heads {}",
-                self.width, self.num_heads
-            ));
-        }
-        for (name, id) in [
-            ("bos_id", self.bos_id),
-            ("eos_id", self.eos_id),
-            ("pad_id", self.pad_id),
-        ] {
-            if !(0..self.vocab_size).contains(&id) {
-                return Err(format!(
-                    "decoder.{name} {id} is outside the vocabulary 0..{}",
-                    self.vocab_size
-                ));
-            }
-        }
+        validate::positive(
+            "decoder",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("max_len", self.max_len),
+                ("width", self.width),
+                ("depth", self.depth),
+                ("num_heads", self.num_heads),
+                ("mlp_dim", self.mlp_dim),
+                ("memory_width", self.memory_width),
+            ],
+        )?;
+        validate::heads_divide_width("decoder", self.width, self.num_heads)?;
+        validate::ids_in_vocabulary(
+            "decoder",
+            self.vocab_size,
+            &[
+                ("bos_id", self.bos_id),
+                ("eos_id", self.eos_id),
+                ("pad_id", self.pad_id),
+            ],
+        )?;
+        validate::dropout("decoder", self.dropout)?;
         Ok(())
     }
 }
@@ -155,16 +151,12 @@ impl DecoderBlock {
         memory: &(Tensor, Tensor),
         train: bool,
     ) -> Tensor {
-        let x = x + self.self_attn.output(heads).dropout(self.dropout, train);
-        let x = &x
-            + self
-                .cross_attn
-                .forward_with_kv(&x.apply(&self.ln_2), &memory.0, &memory.1)
-                .dropout(self.dropout, train);
-        &x + x
-            .apply(&self.ln_3)
-            .apply(&self.mlp)
-            .dropout(self.dropout, train)
+        let x = x + dropout(self.self_attn.output(heads), self.dropout, train);
+        let cross = self
+            .cross_attn
+            .forward_with_kv(&x.apply(&self.ln_2), &memory.0, &memory.1);
+        let x = &x + dropout(cross, self.dropout, train);
+        &x + dropout(x.apply(&self.ln_3).apply(&self.mlp), self.dropout, train)
     }
 }
 
@@ -303,8 +295,9 @@ impl CapDecoder {
             start + len,
             self.config.max_len
         );
-        (tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, start, len))
-            .dropout(self.config.dropout, train)
+        let x =
+            tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, start, len);
+        dropout(x, self.config.dropout, train)
     }
 
     /// Cross-attention keys/values of the image tokens (B, N, E) for every layer.
@@ -467,8 +460,9 @@ impl CapDecoder {
         self.collect(&Tensor::cat(&steps, 1), config.stop_at_eos)
     }
 
-    /// Greedy decoding that recomputes the whole prefix at every step, without a cache: the
-    /// reference the cached path is tested and benchmarked against.
+    /// Greedy decoding without any cache: every step reruns the whole decoder on the prefix,
+    /// the image's cross-attention keys/values included. The reference the cached path is
+    /// tested and benchmarked against.
     pub fn greedy_uncached(&self, image_tokens: &Tensor, config: &GenerateConfig) -> Vec<Vec<i64>> {
         self.check_length(config);
         tch::no_grad(|| {

@@ -75,6 +75,15 @@ pub enum AttentionMask<'a> {
     Explicit(&'a Tensor),
 }
 
+/// Dropout that costs nothing when it does nothing (p = 0, the CapPa default, or evaluation).
+pub(crate) fn dropout(x: Tensor, p: f64, train: bool) -> Tensor {
+    if train && p > 0.0 {
+        x.dropout(p, train)
+    } else {
+        x
+    }
+}
+
 /// Splits (B, T, D) into heads: (B, H, T, K).
 pub(crate) fn split_heads(x: &Tensor, num_heads: i64) -> Tensor {
     let (b, t, d) = x.size3().expect("split_heads expects (B, T, D)");
@@ -128,13 +137,15 @@ impl SelfAttention {
 
     /// Queries, keys and values of `x` (B, T, D), each (B, H, T, K).
     pub(crate) fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let (b, t, d) = x.size3().expect("attention input must be (B, T, D)");
+        let h = self.num_heads;
         let packed = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)); // (B, T, 3D)
-        let parts = packed.chunk(3, -1);
-        (
-            split_heads(&parts[0], self.num_heads),
-            split_heads(&parts[1], self.num_heads),
-            split_heads(&parts[2], self.num_heads),
-        )
+        let parts = packed
+            .view([b, t, 3, h, d / h])
+            .permute([2, 0, 3, 1, 4]) // (3, B, H, T, K)
+            .unbind(0);
+        let [q, k, v]: [Tensor; 3] = parts.try_into().expect("three parts");
+        (q, k, v)
     }
 
     pub(crate) fn output(&self, heads: &Tensor) -> Tensor {
@@ -175,11 +186,15 @@ impl CrossAttention {
     /// Keys and values of the memory (B, S, E), each (B, H, S, K); computed once per image
     /// when decoding incrementally.
     pub fn memory_kv(&self, memory: &Tensor) -> (Tensor, Tensor) {
-        let kv = memory.apply(&self.kv_proj).chunk(2, -1); // 2 × (B, S, D)
-        (
-            split_heads(&kv[0], self.num_heads),
-            split_heads(&kv[1], self.num_heads),
-        )
+        let (b, s, _) = memory.size3().expect("memory must be (B, S, E)");
+        let h = self.num_heads;
+        let kv = memory
+            .apply(&self.kv_proj) // (B, S, 2D)
+            .view([b, s, 2, h, -1])
+            .permute([2, 0, 3, 1, 4]) // (2, B, H, S, K)
+            .unbind(0);
+        let [k, v]: [Tensor; 2] = kv.try_into().expect("two parts");
+        (k, v)
     }
 
     pub fn forward_with_kv(&self, x: &Tensor, k: &Tensor, v: &Tensor) -> Tensor {
@@ -233,14 +248,12 @@ impl EncoderBlock {
     }
 
     pub fn forward(&self, x: &Tensor, mask: AttentionMask<'_>, train: bool) -> Tensor {
-        let x = x + self
-            .attn
-            .forward(&x.apply(&self.ln_1), mask)
-            .dropout(self.dropout, train);
-        &x + x
-            .apply(&self.ln_2)
-            .apply(&self.mlp)
-            .dropout(self.dropout, train)
+        let x = x + dropout(
+            self.attn.forward(&x.apply(&self.ln_1), mask),
+            self.dropout,
+            train,
+        );
+        &x + dropout(x.apply(&self.ln_2).apply(&self.mlp), self.dropout, train)
     }
 }
 
@@ -278,10 +291,7 @@ impl Transformer {
 
 /// L2-normalises the last dimension.
 pub fn l2_normalize(x: &Tensor) -> Tensor {
-    x / x
-        .norm_scalaropt_dim(2, [-1], true)
-        .clamp_min(1e-12)
-        .to_kind(x.kind())
+    x / x.norm_scalaropt_dim(2, [-1], true).clamp_min(1e-12)
 }
 
 /// Position index of each row's pooling token: the first `eos_id`, or the last non-pad token

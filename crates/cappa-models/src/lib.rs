@@ -29,6 +29,7 @@ mod decoder;
 pub mod export;
 pub mod layers;
 mod text;
+mod validate;
 mod vit;
 
 pub use cap::{CapConfig, CapModel};

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 use tch::Tensor;
 
-use crate::layers::{eos_positions, normal, AttentionMask, LayerNorm, Transformer};
+use crate::layers::{dropout, eos_positions, normal, AttentionMask, LayerNorm, Transformer};
+use crate::validate;
 
 /// Configuration of a [`TextEncoder`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,32 +72,25 @@ impl TextConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("vocab_size", self.vocab_size),
-            ("context_length", self.context_length),
-            ("width", self.width),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("mlp_dim", self.mlp_dim),
-            ("output_dim", self.output_dim),
-        ];
-        if let Some((name, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-            return Err(format!("text.{name} must be positive, got {value}"));
-        }
-        if self.width % self.num_heads != 0 {
-            return Err(format!(
-                "text.width {} is not divisible by text.num_heads {}",
-                self.width, self.num_heads
-            ));
-        }
-        for (name, id) in [("eos_id", self.eos_id), ("pad_id", self.pad_id)] {
-            if !(0..self.vocab_size).contains(&id) {
-                return Err(format!(
-                    "text.{name} {id} is outside the vocabulary 0..{}",
-                    self.vocab_size
-                ));
-            }
-        }
+        validate::positive(
+            "text",
+            &[
+                ("vocab_size", self.vocab_size),
+                ("context_length", self.context_length),
+                ("width", self.width),
+                ("depth", self.depth),
+                ("num_heads", self.num_heads),
+                ("mlp_dim", self.mlp_dim),
+                ("output_dim", self.output_dim),
+            ],
+        )?;
+        validate::heads_divide_width("text", self.width, self.num_heads)?;
+        validate::ids_in_vocabulary(
+            "text",
+            self.vocab_size,
+            &[("eos_id", self.eos_id), ("pad_id", self.pad_id)],
+        )?;
+        validate::dropout("text", self.dropout)?;
         Ok(())
     }
 }
@@ -166,7 +160,7 @@ impl TextEncoder {
             self.config.context_length
         );
         let x = tokens.apply(&self.token_embedding) + self.positional_embedding.narrow(0, 0, len);
-        let x = x.dropout(self.config.dropout, train);
+        let x = dropout(x, self.config.dropout, train);
         let x = self
             .transformer
             .forward(&x, AttentionMask::Causal, train)

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
-use crate::layers::{normal, AttentionMask, CrossAttention, LayerNorm, Mlp, Transformer};
+use crate::layers::{dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, Transformer};
+use crate::validate;
 
 /// How the encoder's tokens are reduced to one vector per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,38 +145,28 @@ impl VitConfig {
 
     /// Checks the invariants that the forward pass relies on.
     pub fn validate(&self) -> Result<(), String> {
-        let positive = [
-            ("image_size", self.image_size),
-            ("patch_size", self.patch_size),
-            ("width", self.width),
-            ("depth", self.depth),
-            ("num_heads", self.num_heads),
-            ("mlp_dim", self.mlp_dim),
-        ];
-        if let Some((name, value)) = positive.iter().find(|(_, v)| *v <= 0) {
-            return Err(format!("vit.{name} must be positive, got {value}"));
-        }
+        validate::positive(
+            "vit",
+            &[
+                ("image_size", self.image_size),
+                ("patch_size", self.patch_size),
+                ("width", self.width),
+                ("depth", self.depth),
+                ("num_heads", self.num_heads),
+                ("mlp_dim", self.mlp_dim),
+            ],
+        )?;
         if self.image_size % self.patch_size != 0 {
             return Err(format!(
                 "vit.image_size {} is not a multiple of vit.patch_size {}",
                 self.image_size, self.patch_size
             ));
         }
-        if self.width % self.num_heads != 0 {
-            return Err(format!(
-                "vit.width {} is not divisible by vit.num_heads {}",
-                self.width, self.num_heads
-            ));
-        }
+        validate::heads_divide_width("vit", self.width, self.num_heads)?;
         if self.pooling == Pooling::Cls && !self.class_token {
             return Err("vit.pooling = cls needs vit.class_token = true".into());
         }
-        if !(0.0..1.0).contains(&self.dropout) {
-            return Err(format!(
-                "vit.dropout must be in [0, 1), got {}",
-                self.dropout
-            ));
-        }
+        validate::dropout("vit", self.dropout)?;
         Ok(())
     }
 }
@@ -328,7 +319,7 @@ impl Vit {
             Some(cls) => Tensor::cat(&[cls.expand([b, 1, c.width], false), x], 1), // (B, 1+N, D)
             None => x,
         };
-        let mut x = (x + &self.positional_embedding).dropout(c.dropout, train);
+        let mut x = dropout(x + &self.positional_embedding, c.dropout, train);
         if let Some(ln_pre) = &self.ln_pre {
             x = x.apply(ln_pre);
         }

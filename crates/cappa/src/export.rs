@@ -10,6 +10,7 @@ use tch::Device;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Format {
     /// open_clip's `local-dir:` layout.
+    #[value(name = "open_clip", alias = "open-clip")]
     OpenClip,
 }
 

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cappa info [--json]                    # libtorch, threads, CUDA devices, bf16 support
-//! cappa export --format open-clip CKPT OUT  # a CLIP checkpoint as an open_clip model directory
+//! cappa export --format open_clip CKPT OUT  # a CLIP checkpoint as an open_clip model directory
 //! cappa bench models --preset tiny       # step time and decoding throughput (see xtask bench)
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
 //! ```
@@ -64,9 +64,9 @@ enum Command {
     Bench(BenchCommand),
     /// Convert a checkpoint directory (config.json + model.safetensors) for another library.
     Export {
-        /// Target format; `open-clip` writes open_clip_config.json + open_clip_model.safetensors,
+        /// Target format; `open_clip` writes open_clip_config.json + open_clip_model.safetensors,
         /// loadable with `open_clip.create_model_and_transforms("local-dir:OUT_DIR")`.
-        #[arg(long, value_enum, default_value = "open-clip")]
+        #[arg(long, value_enum, default_value = "open_clip")]
         format: export::Format,
         /// Checkpoint directory of a CLIP model.
         checkpoint: std::path::PathBuf,

@@ -92,7 +92,7 @@ fn export_writes_an_open_clip_directory_and_refuses_what_open_clip_cannot_load()
         cappa(&[
             "export",
             "--format",
-            "open-clip",
+            "open_clip",
             ckpt.to_str().unwrap(),
             out.to_str().unwrap(),
         ])
