@@ -5,6 +5,8 @@
 //! cappa info [--json]                    # libtorch, threads, CUDA devices, bf16 support
 //! cappa export --format open_clip CKPT OUT  # a CLIP checkpoint as an open_clip model directory
 //! cappa bench models --preset tiny       # step time and decoding throughput (see xtask bench)
+//! cappa data inspect 'shards/{00000..00009}.tar' [--json]  # counts, sizes, bad samples
+//! cappa synth --out DIR --samples N      # the scene world as webdataset shards + eval sets
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
 //! ```
 //!
@@ -12,6 +14,7 @@
 
 mod bench;
 mod cuda;
+mod data;
 mod device;
 mod export;
 mod info;
@@ -62,6 +65,12 @@ enum Command {
     /// Benchmarks that print figures; `cargo xtask bench` runs them next to their references.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write the built-in scene world to disk: webdataset shards (img2dataset layout) and the
+    /// evaluation sets in their real formats (Karpathy, ImageFolder, SugarCrepe, VQA).
+    Synth(data::SynthArgs),
+    /// Look at datasets.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// Convert a checkpoint directory (config.json + model.safetensors) for another library.
     Export {
         /// Target format; `open_clip` writes open_clip_config.json + open_clip_model.safetensors,
@@ -107,6 +116,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(BenchCommand::Models(args)) => bench::models(&args)?,
+        Command::Data(command) => data::run(command)?,
+        Command::Synth(args) => data::synth(&args, cli.global.seed)?,
         Command::Export {
             format,
             checkpoint,

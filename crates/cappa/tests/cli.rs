@@ -123,3 +123,51 @@ fn export_writes_an_open_clip_directory_and_refuses_what_open_clip_cannot_load()
         assert!(stderr.contains(reason), "{name}: {stderr}");
     }
 }
+
+#[test]
+fn synth_writes_shards_that_data_inspect_reads_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("world");
+    let synth = cappa(&[
+        "--seed",
+        "3",
+        "synth",
+        "--out",
+        out.to_str().unwrap(),
+        "--samples",
+        "12",
+        "--eval-samples",
+        "4",
+        "--shard-size",
+        "5",
+        "--image-size",
+        "32",
+    ]);
+    assert!(
+        synth.status.success(),
+        "{}",
+        String::from_utf8_lossy(&synth.stderr)
+    );
+    let pattern = format!("{}/shards/{{00000..00002}}.tar", out.display());
+    let inspect = cappa(&["data", "inspect", &pattern, "--json"]);
+    assert!(
+        inspect.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(report["format"], "web_dataset");
+    assert_eq!(report["samples"], 12);
+    assert_eq!(report["image_width"]["max"], 32.0);
+    let karpathy = out.join("eval/karpathy.json");
+    let text = cappa(&["data", "inspect", karpathy.to_str().unwrap()]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(
+        text.contains("Karpathy") && text.contains("good samples       4"),
+        "{text}"
+    );
+
+    let missing = cappa(&["data", "inspect", "/nonexistent/{0..3}.tar"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/"));
+}

@@ -1,0 +1,699 @@
+//! Tests of the scene world: determinism, labels against the scene graph, compositional
+//! negatives, rendering, captions, caption noise, configuration and the synth writer.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+
+use super::*;
+
+fn world(seed: u64) -> SceneWorld {
+    SceneWorld::new(SceneConfig::default(), seed).unwrap()
+}
+
+fn eval_world(seed: u64) -> SceneWorld {
+    SceneWorld::eval(SceneConfig::default(), seed).unwrap()
+}
+
+fn words(s: &str) -> Vec<&str> {
+    s.split(' ').collect()
+}
+
+fn sorted(mut v: Vec<&str>) -> Vec<&str> {
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn same_seed_and_index_give_identical_samples_and_seeds_differ() {
+    let (a, b) = (world(3), world(3));
+    for index in [0, 1, 17, u64::MAX] {
+        let (sa, sb) = (a.sample(index), b.sample(index));
+        assert_eq!(sa, sb);
+        let scene = a.scene(index);
+        assert_eq!(
+            a.training_caption(&scene, index),
+            b.training_caption(&scene, index)
+        );
+    }
+    // Generation order does not matter: index 5 alone equals index 5 after others.
+    let fresh = world(3).sample(5);
+    assert_eq!(fresh, a.sample(5));
+
+    let other = world(4);
+    let differing = (0..20)
+        .filter(|&i| a.sample(i).image != other.sample(i).image)
+        .count();
+    assert!(
+        differing >= 19,
+        "only {differing} of 20 images differ between seeds"
+    );
+    let eval = eval_world(3);
+    let differing = (0..20).filter(|&i| a.scene(i) != eval.scene(i)).count();
+    assert_eq!(differing, 20, "train and eval splits share scenes");
+}
+
+#[test]
+fn scene_graphs_respect_the_invariants() {
+    let w = world(11);
+    let mut counts = BTreeMap::new();
+    for index in 0..500 {
+        let scene = w.scene(index);
+        let n = scene.objects.len();
+        *counts.entry(n).or_insert(0) += 1;
+        assert!((1..=4).contains(&n));
+        let mut shapes: Vec<Shape> = scene.objects.iter().map(|o| o.shape).collect();
+        shapes.sort();
+        shapes.dedup();
+        assert_eq!(shapes.len(), n, "shapes repeat in scene {index}");
+        let largest = scene.largest();
+        for (i, o) in scene.objects.iter().enumerate() {
+            assert_eq!(o.cell, Cell::at(o.x, o.y));
+            for v in [o.x, o.y] {
+                assert!(
+                    v - o.radius > -0.01 && v + o.radius < 1.01,
+                    "object leaves the image"
+                );
+            }
+            if i != largest {
+                assert!(
+                    o.size < scene.objects[largest].size,
+                    "size tie in scene {index}"
+                );
+                assert!(o.radius < scene.objects[largest].radius);
+            }
+            for other in &scene.objects[i + 1..] {
+                assert_ne!(o.cell, other.cell, "cell shared in scene {index}");
+            }
+        }
+        for r in scene.relations() {
+            let (a, b) = (&scene.objects[r.subject], &scene.objects[r.object]);
+            match r.kind {
+                RelationKind::LeftOf => assert!(a.x < b.x),
+                RelationKind::RightOf => assert!(a.x > b.x),
+                RelationKind::Above => assert!(a.y < b.y),
+                RelationKind::Below => assert!(a.y > b.y),
+            }
+        }
+    }
+    assert_eq!(counts.len(), 4, "not every object count occurs: {counts:?}");
+}
+
+#[test]
+fn labels_agree_with_the_scene_graph() {
+    let w = eval_world(2);
+    let config = w.config().clone();
+    for label_set in LabelSet::ALL {
+        let names = w.class_names(label_set);
+        let expected = match label_set {
+            LabelSet::Shape => 8,
+            LabelSet::Count => 4,
+            LabelSet::Colour => 10,
+            LabelSet::ShapeColour => 80,
+        };
+        assert_eq!(names.len(), expected, "{label_set:?}");
+    }
+    for index in 0..300 {
+        let scene = w.scene(index);
+        let big = &scene.objects[scene.largest()];
+        let name = |l: LabelSet| w.class_names(l)[w.label(&scene, l)].clone();
+        assert_eq!(name(LabelSet::Shape), big.shape.name());
+        assert_eq!(name(LabelSet::Colour), big.colour.name());
+        assert_eq!(
+            name(LabelSet::ShapeColour),
+            format!("{} {}", big.colour.name(), big.shape.name())
+        );
+        assert_eq!(
+            w.label(&scene, LabelSet::Count),
+            scene.objects.len() - config.min_objects as usize
+        );
+        assert!(name(LabelSet::Count).starts_with(captions::number_word(scene.objects.len())));
+    }
+}
+
+/// The index of the only position where two word lists differ, if exactly one does.
+fn single_difference(a: &[&str], b: &[&str]) -> Option<usize> {
+    if a.len() != b.len() {
+        return None;
+    }
+    let diffs: Vec<usize> = (0..a.len()).filter(|&i| a[i] != b[i]).collect();
+    (diffs.len() == 1).then(|| diffs[0])
+}
+
+#[test]
+fn negatives_differ_from_the_truth_only_in_the_intended_way() {
+    let w = eval_world(5);
+    let colour_words: Vec<&str> = Colour::ALL.iter().map(|c| c.name()).collect();
+    let shape_words: Vec<&str> = Shape::ALL.iter().map(|s| s.name()).collect();
+    let mut made = BTreeMap::new();
+    for index in 0..300 {
+        let scene = w.scene(index);
+        let present_colours: Vec<&str> = scene.objects.iter().map(|o| o.colour.name()).collect();
+        let present_shapes: Vec<&str> = scene.objects.iter().map(|o| o.shape.name()).collect();
+        for kind in CompositionKind::ALL {
+            let Some(item) = w.compositional(&scene, index, kind) else {
+                continue;
+            };
+            *made.entry(kind.name()).or_insert(0) += 1;
+            assert_eq!(item.kind, kind);
+            let (t, n) = (words(&item.caption), words(&item.negative_caption));
+            assert_ne!(t, n, "{kind:?}: negative equals the truth");
+            match kind {
+                CompositionKind::AttributeSwap => {
+                    assert_eq!(sorted(t.clone()), sorted(n.clone()));
+                    let diffs: Vec<usize> = (0..t.len()).filter(|&i| t[i] != n[i]).collect();
+                    assert_eq!(diffs.len(), 2, "{item:?}");
+                    let (i, j) = (diffs[0], diffs[1]);
+                    assert!(colour_words.contains(&t[i]) && colour_words.contains(&t[j]));
+                    assert_eq!((t[i], t[j]), (n[j], n[i]));
+                }
+                CompositionKind::RelationSwap => {
+                    // "a S C SHAPE <relation words> a S C SHAPE": four words per object phrase.
+                    let (a, b) = (&t[..4], &t[t.len() - 4..]);
+                    let rel = &t[4..t.len() - 4];
+                    let mut swapped = b.to_vec();
+                    swapped.extend_from_slice(rel);
+                    swapped.extend_from_slice(a);
+                    assert_eq!(n, swapped, "{item:?}");
+                    assert!(shape_words.contains(&a[3]) && shape_words.contains(&b[3]));
+                }
+                CompositionKind::ObjectReplace => {
+                    let i = single_difference(&t, &n).expect("exactly one word differs");
+                    assert!(present_shapes.contains(&t[i]), "{item:?}");
+                    assert!(shape_words.contains(&n[i]) && !present_shapes.contains(&n[i]));
+                }
+                CompositionKind::AttributeReplace => {
+                    let i = single_difference(&t, &n).expect("exactly one word differs");
+                    assert!(present_colours.contains(&t[i]), "{item:?}");
+                    assert!(colour_words.contains(&n[i]) && !present_colours.contains(&n[i]));
+                }
+                CompositionKind::WordOrder => {
+                    assert_eq!(sorted(t.clone()), sorted(n.clone()));
+                }
+            }
+        }
+    }
+    for kind in CompositionKind::ALL {
+        assert!(
+            made.get(kind.name()).copied().unwrap_or(0) > 100,
+            "{made:?}"
+        );
+    }
+}
+
+#[test]
+fn vqa_answers_agree_with_the_scene_graph() {
+    let w = eval_world(8);
+    let mut answers = BTreeMap::new();
+    for index in 0..300 {
+        let scene = w.scene(index);
+        let items = w.vqa(&scene, index);
+        let kinds: Vec<VqaKind> = items.iter().map(|q| q.kind).collect();
+        let expected = if scene.objects.len() > 1 { 5 } else { 4 };
+        assert_eq!(kinds.len(), expected);
+        for item in items {
+            *answers
+                .entry((item.kind.name(), item.answer.clone()))
+                .or_insert(0) += 1;
+            match item.kind {
+                VqaKind::Count => assert_eq!(item.answer, scene.objects.len().to_string()),
+                VqaKind::Colour => {
+                    let o = scene
+                        .objects
+                        .iter()
+                        .find(|o| {
+                            item.question == format!("what colour is the {}?", o.shape.name())
+                        })
+                        .expect("question names an object of the scene");
+                    assert_eq!(item.answer, o.colour.name());
+                }
+                VqaKind::Shape => {
+                    let o = scene
+                        .objects
+                        .iter()
+                        .find(|o| item.question == format!("what shape is {}?", o.cell.phrase()))
+                        .expect("question names a cell of the scene");
+                    assert_eq!(item.answer, o.shape.name());
+                }
+                VqaKind::Existence => {
+                    let present = scene
+                        .objects
+                        .iter()
+                        .any(|o| item.question == format!("is there a {}?", o.shape.name()));
+                    assert_eq!(item.answer, if present { "yes" } else { "no" });
+                }
+                VqaKind::Relation => {
+                    let holds = scene.relations().iter().any(|r| {
+                        let name = |i: usize| {
+                            let o = &scene.objects[i];
+                            format!("{} {}", o.colour.name(), o.shape.name())
+                        };
+                        item.question
+                            == format!(
+                                "is the {} {} the {}?",
+                                name(r.subject),
+                                r.kind.phrase(),
+                                name(r.object)
+                            )
+                    });
+                    assert_eq!(item.answer, if holds { "yes" } else { "no" }, "{item:?}");
+                }
+            }
+        }
+    }
+    for kind in ["relation", "existence"] {
+        assert!(answers[&(kind, "yes".to_string())] > 50, "{answers:?}");
+        assert!(answers[&(kind, "no".to_string())] > 50, "{answers:?}");
+    }
+}
+
+#[test]
+fn rendering_has_the_right_size_and_objects_show_their_colours() {
+    for size in [32u32, 64, 224] {
+        let w = world(21);
+        let mut checked = 0;
+        for index in 0..60 {
+            let scene = w.scene(index);
+            let image = w.render_at(&scene, size);
+            assert_eq!(image.dimensions(), (size, size));
+            let s = size as f32;
+            for (i, o) in scene.objects.iter().enumerate() {
+                let Some(factor) = o.shape.inner_radius_factor() else {
+                    continue;
+                };
+                // The pixel containing the centre must be well inside the shape...
+                if factor * o.radius * s < 2.0 {
+                    continue;
+                }
+                // ...and not covered by an object drawn later.
+                let covered = scene.objects[i + 1..].iter().any(|later| {
+                    let d = ((later.x - o.x).powi(2) + (later.y - o.y).powi(2)).sqrt();
+                    d < later.radius * 1.1
+                });
+                if covered {
+                    continue;
+                }
+                let px = image.get_pixel((o.x * s) as u32, (o.y * s) as u32).0;
+                for ch in 0..3 {
+                    assert!(
+                        px[ch].abs_diff(o.rgb[ch]) <= 2,
+                        "size {size} scene {index} object {i} {:?}: pixel {px:?} != {:?}",
+                        o.shape,
+                        o.rgb
+                    );
+                }
+                checked += 1;
+            }
+        }
+        assert!(
+            checked > 40,
+            "only {checked} objects checked at size {size}"
+        );
+    }
+}
+
+#[test]
+fn background_noise_and_clutter_change_pixels() {
+    let clean = SceneWorld::new(SceneConfig::easy(), 1).unwrap();
+    let noisy = SceneWorld::new(
+        SceneConfig {
+            background_noise: 0.2,
+            ..SceneConfig::easy()
+        },
+        1,
+    )
+    .unwrap();
+    let (a, b) = (clean.render(&clean.scene(0)), noisy.render(&noisy.scene(0)));
+    let differing = a.pixels().zip(b.pixels()).filter(|(p, q)| p != q).count();
+    assert!(
+        differing > 64 * 64 / 4,
+        "noise changed only {differing} pixels"
+    );
+}
+
+#[test]
+fn five_distinct_captions_per_image() {
+    let w = world(9);
+    for index in 0..300 {
+        let scene = w.scene(index);
+        let captions = w.captions(&scene, index);
+        assert_eq!(captions.len(), 5);
+        let mut unique = captions.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), 5, "{captions:?}");
+        for c in &captions {
+            assert!(
+                !c.contains("  ") && !c.is_empty() && !c.contains('('),
+                "{c:?}"
+            );
+            // Every caption mentions at least one colour or shape word of the scene.
+            let mentions = scene.objects.iter().any(|o| {
+                c.contains(o.colour.name()) || o.shape.synonyms().iter().any(|s| c.contains(s))
+            });
+            assert!(mentions, "{c:?}");
+        }
+    }
+}
+
+#[test]
+fn caption_noise_zero_uses_references_and_one_replaces_them() {
+    let clean = SceneWorld::new(
+        SceneConfig {
+            caption_noise: 0.0,
+            ..SceneConfig::default()
+        },
+        4,
+    )
+    .unwrap();
+    let noisy = SceneWorld::new(
+        SceneConfig {
+            caption_noise: 1.0,
+            ..SceneConfig::default()
+        },
+        4,
+    )
+    .unwrap();
+    let mut replaced = 0;
+    for index in 0..300 {
+        let scene = clean.scene(index);
+        let refs = clean.captions(&scene, index);
+        assert!(refs.contains(&clean.training_caption(&scene, index)));
+        assert_eq!(
+            noisy.scene(index),
+            scene,
+            "caption noise must not change the scene"
+        );
+        if !refs.contains(&noisy.training_caption(&scene, index)) {
+            replaced += 1;
+        }
+    }
+    assert!(
+        replaced > 280,
+        "only {replaced} of 300 noisy captions differ from the references"
+    );
+}
+
+#[test]
+fn config_validation_names_the_field_and_rejects_unknown_fields() {
+    let check = |config: SceneConfig, field: &str| match config.validate() {
+        Err(SceneError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+        other => panic!("{field}: expected an error, got {other:?}"),
+    };
+    SceneConfig::default().validate().unwrap();
+    SceneConfig::easy().validate().unwrap();
+    let d = SceneConfig::default;
+    check(
+        SceneConfig {
+            image_size: 8,
+            ..d()
+        },
+        "image_size",
+    );
+    check(
+        SceneConfig {
+            min_objects: 0,
+            ..d()
+        },
+        "min_objects",
+    );
+    check(
+        SceneConfig {
+            min_objects: 3,
+            max_objects: 2,
+            ..d()
+        },
+        "min_objects",
+    );
+    check(
+        SceneConfig {
+            max_objects: 9,
+            ..d()
+        },
+        "max_objects",
+    );
+    check(
+        SceneConfig {
+            size_jitter: 0.2,
+            ..d()
+        },
+        "size_jitter",
+    );
+    check(
+        SceneConfig {
+            caption_noise: 1.5,
+            ..d()
+        },
+        "caption_noise",
+    );
+    check(
+        SceneConfig {
+            background_noise: f32::NAN,
+            ..d()
+        },
+        "background_noise",
+    );
+    check(
+        SceneConfig {
+            occlusion_probability: -0.1,
+            ..d()
+        },
+        "occlusion_probability",
+    );
+    assert!(SceneWorld::new(
+        SceneConfig {
+            clutter: 100,
+            ..d()
+        },
+        0
+    )
+    .is_err());
+
+    let json = serde_json::to_string(&SceneConfig::default()).unwrap();
+    let back: SceneConfig = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, SceneConfig::default());
+    let partial: SceneConfig = serde_json::from_str(r#"{"image_size": 32}"#).unwrap();
+    assert_eq!(partial.image_size, 32);
+    assert!(serde_json::from_str::<SceneConfig>(r#"{"image_sise": 32}"#).is_err());
+    assert!(serde_json::from_str::<SynthConfig>(r#"{"shards": 3}"#).is_err());
+}
+
+#[test]
+fn sample_carries_image_captions_and_scene_graph() {
+    let w = world(1);
+    let sample = w.sample(42);
+    assert_eq!(sample.key, "42");
+    let ImageData::Rgb(image) = &sample.image else {
+        panic!("expected pixels");
+    };
+    assert_eq!(image.dimensions(), (64, 64));
+    assert_eq!(sample.captions.len(), 5);
+    let scene = w.scene(42);
+    assert_eq!(
+        sample.meta["objects"].as_array().unwrap().len(),
+        scene.objects.len()
+    );
+    assert_eq!(
+        sample.meta["objects"][0]["shape"],
+        scene.objects[0].shape.name()
+    );
+    assert_eq!(sample.meta["largest"], scene.largest());
+}
+
+fn read_json(path: &std::path::Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+/// Members of a tar as (name, bytes).
+fn tar_members(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    archive
+        .entries()
+        .unwrap()
+        .map(|e| {
+            let mut e = e.unwrap();
+            assert_eq!(e.header().entry_type(), tar::EntryType::Regular);
+            let name = e.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            e.read_to_end(&mut bytes).unwrap();
+            (name, bytes)
+        })
+        .collect()
+}
+
+#[test]
+fn synth_writes_img2dataset_shards_that_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SynthConfig {
+        world: SceneConfig {
+            image_size: 32,
+            ..SceneConfig::default()
+        },
+        seed: 6,
+        train_samples: 5,
+        eval_samples: 0,
+        shard_size: 2,
+        image_format: ImageFormat::Png,
+    };
+    let report = write_synth(dir.path(), &config).unwrap();
+    assert_eq!(report.shards.len(), 3);
+    let train = SceneWorld::new(config.world.clone(), 6).unwrap();
+    let mut index = 0u64;
+    for (shard, path) in report.shards.iter().enumerate() {
+        assert_eq!(path, &dir.path().join(format!("shards/{shard:05}.tar")));
+        let stats = read_json(&dir.path().join(format!("shards/{shard:05}_stats.json")));
+        let members = tar_members(path);
+        assert_eq!(stats["successes"], members.len() / 3);
+        for (k, group) in members.chunks(3).enumerate() {
+            let key = format!("{shard:05}{k}");
+            let names: Vec<&str> = group.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(
+                names,
+                [
+                    format!("{key}.png"),
+                    format!("{key}.txt"),
+                    format!("{key}.json")
+                ]
+            );
+            let image = image::load_from_memory(&group[0].1).unwrap().to_rgb8();
+            let scene = train.scene(index);
+            assert_eq!(image, train.render(&scene), "PNG is lossless");
+            let caption = String::from_utf8(group[1].1.clone()).unwrap();
+            assert_eq!(caption, train.training_caption(&scene, index));
+            let json: serde_json::Value = serde_json::from_slice(&group[2].1).unwrap();
+            assert_eq!(json["key"], key);
+            assert_eq!(json["caption"], caption);
+            assert_eq!(json["status"], "success");
+            assert!(json["url"].as_str().unwrap().starts_with("synth://"));
+            for field in ["width", "height", "original_width", "original_height"] {
+                assert_eq!(json[field], 32, "{field}");
+            }
+            assert_eq!(json["scene"], scene.to_json());
+            index += 1;
+        }
+    }
+    assert_eq!(index, 5);
+    // No temporary files are left behind.
+    for entry in std::fs::read_dir(dir.path().join("shards")).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        assert!(!name.starts_with('.'), "{name}");
+    }
+}
+
+#[test]
+fn synth_keys_are_padded_like_img2dataset_and_jpg_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SynthConfig {
+        train_samples: 2,
+        eval_samples: 0,
+        shard_size: 10_000,
+        ..SynthConfig::default()
+    };
+    let report = write_synth(dir.path(), &config).unwrap();
+    let members = tar_members(&report.shards[0]);
+    let names: Vec<&str> = members.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names[..3],
+        ["000000000.jpg", "000000000.txt", "000000000.json"]
+    );
+    assert_eq!(names[3], "000000001.jpg");
+    let image = image::load_from_memory(&members[0].1).unwrap();
+    assert_eq!((image.width(), image.height()), (64, 64));
+}
+
+#[test]
+fn synth_writes_evaluation_sets_in_the_real_formats() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = SynthConfig {
+        world: SceneConfig {
+            image_size: 32,
+            ..SceneConfig::default()
+        },
+        seed: 2,
+        train_samples: 0,
+        eval_samples: 30,
+        shard_size: 10,
+        image_format: ImageFormat::Png,
+    };
+    let report = write_synth(dir.path(), &config).unwrap();
+    assert!(report.shards.is_empty());
+    let eval_dir = dir.path().join("eval");
+    let eval = SceneWorld::eval(config.world.clone(), 2).unwrap();
+
+    let karpathy = read_json(&eval_dir.join("karpathy.json"));
+    let images = karpathy["images"].as_array().unwrap();
+    assert_eq!(images.len(), 30);
+    for (i, entry) in images.iter().enumerate() {
+        assert_eq!(entry["split"], "test");
+        assert_eq!(entry["imgid"], i);
+        let file = eval_dir
+            .join(entry["filepath"].as_str().unwrap())
+            .join(entry["filename"].as_str().unwrap());
+        let image = image::open(&file).unwrap().to_rgb8();
+        let scene = eval.scene(i as u64);
+        assert_eq!(image, eval.render(&scene));
+        let sentences = entry["sentences"].as_array().unwrap();
+        let raws: Vec<&str> = sentences
+            .iter()
+            .map(|s| s["raw"].as_str().unwrap())
+            .collect();
+        assert_eq!(raws, eval.captions(&scene, i as u64));
+        assert!(sentences
+            .iter()
+            .all(|s| !s["tokens"].as_array().unwrap().is_empty()));
+    }
+
+    for label_set in LabelSet::ALL {
+        let root = eval_dir.join("classify").join(label_set.name());
+        let names: Vec<String> =
+            serde_json::from_value(read_json(&root.join("classes.json"))).unwrap();
+        assert_eq!(names, eval.class_names(label_set));
+        assert_eq!(report.classify[label_set.name()], names.len());
+        let mut total = 0;
+        for (label, name) in names.iter().enumerate() {
+            let class_dir = root.join(name.replace(' ', "_"));
+            for entry in std::fs::read_dir(&class_dir).unwrap() {
+                let file = entry.unwrap().file_name().into_string().unwrap();
+                let index: u64 = file.trim_end_matches(".png").parse().unwrap();
+                assert_eq!(eval.label(&eval.scene(index), label_set), label, "{file}");
+                total += 1;
+            }
+        }
+        assert_eq!(total, 30, "{label_set:?}");
+    }
+
+    for kind in CompositionKind::ALL {
+        let json = read_json(&eval_dir.join(format!("compositional/{}.json", kind.name())));
+        let map = json.as_object().unwrap();
+        assert_eq!(map.len(), report.compositional[kind.name()]);
+        assert!(!map.is_empty(), "{kind:?}");
+        for (id, item) in map {
+            let index: u64 = id.parse().unwrap();
+            assert_eq!(item["filename"], format!("{index:06}.png"));
+            let expected = eval.compositional(&eval.scene(index), index, kind).unwrap();
+            assert_eq!(item["caption"], expected.caption);
+            assert_eq!(item["negative_caption"], expected.negative_caption);
+            assert!(eval_dir
+                .join("images")
+                .join(item["filename"].as_str().unwrap())
+                .exists());
+        }
+    }
+
+    let questions = read_json(&eval_dir.join("vqa/questions.json"));
+    let annotations = read_json(&eval_dir.join("vqa/annotations.json"));
+    let questions = questions["questions"].as_array().unwrap();
+    let annotations = annotations["annotations"].as_array().unwrap();
+    assert_eq!(questions.len(), report.vqa_questions);
+    assert_eq!(questions.len(), annotations.len());
+    assert!(questions.len() >= 4 * 30);
+    for (q, a) in questions.iter().zip(annotations) {
+        assert_eq!(q["question_id"], a["question_id"]);
+        assert_eq!(q["image_id"], a["image_id"]);
+        assert!(q["question"].as_str().unwrap().ends_with('?'));
+        let answers = a["answers"].as_array().unwrap();
+        assert_eq!(answers.len(), 10);
+        assert!(answers
+            .iter()
+            .all(|x| x["answer"] == a["multiple_choice_answer"]));
+    }
+}
