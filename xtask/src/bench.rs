@@ -34,32 +34,30 @@ struct Row {
     met: bool,
 }
 
-impl Row {
-    /// A row where lower is better (times).
-    fn lower(name: String, ours: f64, reference: f64, unit: &'static str, max_ratio: f64) -> Self {
-        let ratio = ours / reference;
-        Self {
-            name,
-            ours,
-            reference,
-            unit,
-            ratio,
-            target: format!("≤ {max_ratio:.2}"),
-            met: ratio <= max_ratio,
-        }
-    }
+/// The goal for a row's ratio (ours / reference).
+#[derive(Debug, Clone, Copy)]
+enum Goal {
+    /// Lower is better (times): the ratio must not exceed this.
+    AtMost(f64),
+    /// Higher is better (throughputs): the ratio must reach this.
+    AtLeast(f64),
+}
 
-    /// A row where higher is better (throughputs).
-    fn higher(name: String, ours: f64, reference: f64, unit: &'static str, min_ratio: f64) -> Self {
+impl Row {
+    fn new(name: String, ours: f64, reference: f64, unit: &'static str, goal: Goal) -> Self {
         let ratio = ours / reference;
+        let (target, met) = match goal {
+            Goal::AtMost(max) => (format!("≤ {max:.2}"), ratio <= max),
+            Goal::AtLeast(min) => (format!("≥ {min:.1}"), ratio >= min),
+        };
         Self {
             name,
             ours,
             reference,
             unit,
             ratio,
-            target: format!("≥ {min_ratio:.1}"),
-            met: ratio >= min_ratio,
+            target,
+            met,
         }
     }
 }
@@ -115,28 +113,28 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
                 let best_low = |runs: &[Value], key: &str| fold(runs, key, f64::min);
                 let best_high = |runs: &[Value], key: &str| fold(runs, key, f64::max);
                 for (model, key) in [("CLIP", "clip_step_ms"), ("CapPa", "cappa_step_ms")] {
-                    rows.push(Row::lower(
+                    rows.push(Row::new(
                         format!("{preset}: {model} train step (fwd+bwd+AdamW, batch 32)"),
                         best_low(&ours, key)?,
                         best_low(&reference, key)?,
                         "ms",
-                        step_target,
+                        Goal::AtMost(step_target),
                     ));
                 }
                 let cached = best_high(&ours, "greedy_cached_tokens_per_s")?;
-                rows.push(Row::higher(
+                rows.push(Row::new(
                     format!("{preset}: greedy decoding with KV cache, 8×64 tokens"),
                     cached,
                     best_high(&reference, "greedy_cached_tokens_per_s")?,
                     "tokens/s",
-                    1.0,
+                    Goal::AtLeast(1.0),
                 ));
-                rows.push(Row::higher(
+                rows.push(Row::new(
                     format!("{preset}: cached vs uncached decoding (reference = cappa uncached)"),
                     cached,
                     best_high(&ours, "greedy_uncached_tokens_per_s")?,
                     "tokens/s",
-                    10.0,
+                    Goal::AtLeast(10.0),
                 ));
             }
             write_outputs(&out_dir, "models", &rows)
@@ -193,4 +191,27 @@ fn write_outputs(out_dir: &Path, name: &str, rows: &[Row]) -> Result<()> {
     println!("{table}");
     println!("wrote {} and {}", json_path.display(), md_path.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn goals_compare_the_ratio_in_the_right_direction() {
+        let time = Row::new("t".into(), 8.0, 10.0, "ms", Goal::AtMost(0.85));
+        assert!((time.ratio - 0.8).abs() < 1e-12 && time.met && time.target == "≤ 0.85");
+        assert!(!Row::new("t".into(), 9.0, 10.0, "ms", Goal::AtMost(0.85)).met);
+        let rate = Row::new("r".into(), 30.0, 10.0, "tokens/s", Goal::AtLeast(10.0));
+        assert!(!rate.met && rate.target == "≥ 10.0");
+        assert!(Row::new("r".into(), 120.0, 10.0, "tokens/s", Goal::AtLeast(10.0)).met);
+    }
+
+    #[test]
+    fn best_figures_fold_over_rounds() {
+        let runs = [json!({"x": 3.0}), json!({"x": 1.5})];
+        assert_eq!(fold(&runs, "x", f64::min).unwrap(), 1.5);
+        assert_eq!(fold(&runs, "x", f64::max).unwrap(), 3.0);
+        assert!(fold(&runs, "missing", f64::min).is_err());
+    }
 }
