@@ -15,6 +15,9 @@ use crate::libtorch::Libtorch;
 pub(crate) enum Which {
     /// Model step time and greedy decoding vs PyTorch eager (scripts/bench_models_reference.py).
     Models,
+    /// JPEG → random-resized-crop 224 → normalise → batch vs Pillow + torchvision
+    /// (scripts/bench_data_reference.py), at 1 and 2 threads; plus the scene generator.
+    Data,
 }
 
 /// Rounds of (ours, reference) runs; each figure keeps its best round.
@@ -65,15 +68,16 @@ impl Row {
 pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> {
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
+    let python = match libtorch {
+        Libtorch::Python { torch, .. } => torch.python.clone(),
+        Libtorch::Dir(_) => bail!(
+            "the PyTorch references need a Python with torch 2.11.0; unset LIBTORCH so that \
+             xtask uses (or installs) one"
+        ),
+    };
     match which {
+        Which::Data => data(root, &out_dir, &python),
         Which::Models => {
-            let python = match libtorch {
-                Libtorch::Python { torch, .. } => torch.python.clone(),
-                Libtorch::Dir(_) => bail!(
-                    "the PyTorch reference needs a Python with torch 2.11.0; unset LIBTORCH so \
-                     that xtask uses (or installs) one"
-                ),
-            };
             let mut rows = Vec::new();
             for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
                 let mut ours = Vec::new();
@@ -140,6 +144,77 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
             write_outputs(&out_dir, "models", &rows)
         }
     }
+}
+
+/// The data benchmark: cappa's pipeline and Pillow + torchvision on the same JPEGs.
+fn data(root: &Path, out_dir: &Path, python: &Path) -> Result<()> {
+    // torchvision, Pillow and numpy for the reference; torchvision 0.26.0 is the build for
+    // torch 2.11.0, so it is installed without letting pip touch torch.
+    let has_reference = Command::new(python)
+        .args(["-c", "import numpy, PIL, torchvision.transforms"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_reference {
+        eprintln!("xtask: installing torchvision==0.26.0, pillow and numpy for the data reference");
+        let status = Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--no-deps",
+            ])
+            .args(["torchvision==0.26.0", "pillow", "numpy"])
+            .status()
+            .context("could not run pip")?;
+        ensure!(
+            status.success(),
+            "pip could not install torchvision==0.26.0 and pillow"
+        );
+    }
+    let images = out_dir.join("data-images");
+    let have = std::fs::read_dir(&images)
+        .map(|dir| dir.filter_map(Result::ok).count())
+        .unwrap_or(0);
+    let mut ours = Vec::new();
+    let mut reference = Vec::new();
+    for round in 0..ROUNDS {
+        eprintln!("xtask: bench data, round {}/{ROUNDS}", round + 1);
+        let file = out_dir.join("data-ours.json");
+        let mut cmd = Command::new(root.join("target/release/cappa"));
+        cmd.args(["bench", "data", "--images"])
+            .arg(&images)
+            .arg("--json")
+            .arg(&file);
+        if round == 0 && have < 256 {
+            cmd.args(["--make-images", "256"]);
+        }
+        ours.push(run_for_json(&mut cmd, &file)?);
+        let file = out_dir.join("data-reference.json");
+        let mut cmd = Command::new(python);
+        cmd.arg(root.join("scripts/bench_data_reference.py"))
+            .arg("--dir")
+            .arg(&images)
+            .arg("--json")
+            .arg(&file);
+        reference.push(run_for_json(&mut cmd, &file)?);
+    }
+    let mut rows = Vec::new();
+    for threads in [1, 2] {
+        let key = format!("images_per_s_{threads}");
+        rows.push(Row::new(
+            format!("JPEG 256 → random-resized-crop 224 → [-1, 1] → batch 32, {threads} thread(s)"),
+            fold(&ours, &key, f64::max)?,
+            fold(&reference, &key, f64::max)?,
+            "images/s",
+            Goal::AtLeast(3.0),
+        ));
+    }
+    println!(
+        "scene world generator: {:.0} samples/s on one thread (64×64 image, captions, graph)",
+        fold(&ours, "scene_samples_per_s", f64::max)?
+    );
+    write_outputs(out_dir, "data", &rows)
 }
 
 fn fold(runs: &[Value], key: &str, pick: fn(f64, f64) -> f64) -> Result<f64> {

@@ -186,3 +186,128 @@ pub(crate) fn models(args: &ModelsArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct DataArgs {
+    /// A directory of `.jpg` files (at least 32), held in memory while timing.
+    #[arg(long)]
+    images: PathBuf,
+    /// First write this many 256×256 JPEGs of scene-world images into `--images`.
+    #[arg(long)]
+    make_images: Option<u64>,
+    /// Timed seconds per setting.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Writes `count` JPEGs (quality 90) of held-out scene-world images, 256×256.
+fn make_jpegs(dir: &std::path::Path, count: u64) -> Result<()> {
+    use cappa_data::scene::{SceneConfig, SceneWorld, Split};
+    std::fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
+    let world = SceneWorld::with_split(SceneConfig::default(), 0, Split::Eval)?;
+    for index in 0..count {
+        let image = world.render_at(&world.scene(index), 256);
+        let path = dir.join(format!("{index:06}.jpg"));
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&image)?;
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Images per second of `work` (which returns how many images it handled), over repeated
+/// calls for at least `seconds` after one warm-up call.
+fn images_per_second(seconds: f64, mut work: impl FnMut() -> usize) -> f64 {
+    let _ = work();
+    let start = Instant::now();
+    let mut images = 0;
+    while start.elapsed().as_secs_f64() < seconds {
+        images += work();
+    }
+    images as f64 / start.elapsed().as_secs_f64()
+}
+
+pub(crate) fn data(args: &DataArgs) -> Result<()> {
+    use cappa_data::pipeline::{
+        decode_bytes, write_chw, Crop, DecodeLimits, Normalize, TrainTransform,
+    };
+    use rand::SeedableRng;
+    use rayon::prelude::*;
+    const BATCH: usize = 32;
+    const SIZE: u32 = 224;
+
+    if let Some(count) = args.make_images {
+        make_jpegs(&args.images, count)?;
+    }
+    let mut files: Vec<Vec<u8>> = std::fs::read_dir(&args.images)
+        .with_context(|| format!("could not read {}", args.images.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "jpg"))
+        .map(std::fs::read)
+        .collect::<std::io::Result<_>>()?;
+    files.truncate(files.len() / BATCH * BATCH);
+    anyhow::ensure!(
+        !files.is_empty(),
+        "{} holds fewer than {BATCH} .jpg files: add --make-images 256",
+        args.images.display()
+    );
+    let transform = TrainTransform {
+        size: SIZE,
+        crop: Crop::random_resized_crop_default(),
+        hflip: false,
+    };
+    let per_image = 3 * (SIZE * SIZE) as usize;
+    // One batch: decode, crop, normalise into a (B, 3, H, W) buffer, hand over as a tensor.
+    let batch = |index: usize, chunk: &[Vec<u8>]| {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(index as u64);
+        let mut buffer = vec![0.0f32; BATCH * per_image];
+        for (bytes, out) in chunk.iter().zip(buffer.chunks_exact_mut(per_image)) {
+            let image = decode_bytes(bytes, &DecodeLimits::default()).expect("valid JPEG");
+            write_chw(
+                &transform.apply(&image, &mut rng),
+                Normalize::MinusOneToOne,
+                out,
+            );
+        }
+        Tensor::from_slice(&buffer)
+            .view([BATCH as i64, 3, SIZE as i64, SIZE as i64])
+            .size()[0] as usize
+    };
+    let mut figures = serde_json::Map::new();
+    for threads in [1usize, 2] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()?;
+        let rate = images_per_second(args.seconds, || {
+            pool.install(|| {
+                files
+                    .par_chunks(BATCH)
+                    .enumerate()
+                    .map(|(index, chunk)| batch(index, chunk))
+                    .sum()
+            })
+        });
+        println!("cappa pipeline, {threads} thread(s): {rate:.0} images/s");
+        figures.insert(format!("images_per_s_{threads}"), rate.into());
+    }
+    let world = cappa_data::scene::SceneWorld::new(cappa_data::scene::SceneConfig::default(), 0)?;
+    let mut next = 0u64;
+    let scene_rate = images_per_second(args.seconds.min(2.0), || {
+        for _ in 0..64 {
+            std::hint::black_box(world.sample(next));
+            next += 1;
+        }
+        64
+    });
+    println!("scene world (64×64 image + captions + graph), 1 thread: {scene_rate:.0} samples/s");
+    figures.insert("scene_samples_per_s".into(), scene_rate.into());
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -88,6 +88,9 @@ enum Command {
 enum BenchCommand {
     /// Training-step time and greedy decoding throughput of CLIP and CapPa on the CPU.
     Models(bench::ModelsArgs),
+    /// Images/s of JPEG decode → random-resized-crop 224 → normalise → batch, on 1 and 2
+    /// threads, and of the scene generator.
+    Data(bench::DataArgs),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +119,7 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Bench(BenchCommand::Models(args)) => bench::models(&args)?,
+        Command::Bench(BenchCommand::Data(args)) => bench::data(&args)?,
         Command::Data(command) => data::run(command)?,
         Command::Synth(args) => data::synth(&args, cli.global.seed)?,
         Command::Export {
