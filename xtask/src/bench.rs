@@ -18,6 +18,9 @@ pub(crate) enum Which {
     /// JPEG → random-resized-crop 224 → normalise → batch vs Pillow + torchvision
     /// (scripts/bench_data_reference.py), at 1 and 2 threads; plus the scene generator.
     Data,
+    /// Full trainer steps of CLIP and CapPa vs a PyTorch-eager training loop
+    /// (scripts/bench_train_reference.py), and the data-wait fraction with the real loader.
+    Train,
 }
 
 /// Rounds of (ours, reference) runs; each figure keeps its best round.
@@ -44,6 +47,8 @@ enum Goal {
     AtMost(f64),
     /// Higher is better (throughputs): the ratio must reach this.
     AtLeast(f64),
+    /// The figure itself must stay below the "reference" column, which holds this limit.
+    Below,
 }
 
 impl Row {
@@ -52,6 +57,10 @@ impl Row {
         let (target, met) = match goal {
             Goal::AtMost(max) => (format!("≤ {max:.2}"), ratio <= max),
             Goal::AtLeast(min) => (format!("≥ {min:.1}"), ratio >= min),
+            Goal::Below => (
+                format!("< {reference} (a limit, not a run)"),
+                ours < reference,
+            ),
         };
         Self {
             name,
@@ -77,36 +86,11 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
     };
     match which {
         Which::Data => data(root, &out_dir, &python),
+        Which::Train => train(root, &out_dir, &python),
         Which::Models => {
             let mut rows = Vec::new();
             for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
-                let mut ours = Vec::new();
-                let mut reference = Vec::new();
-                for round in 0..ROUNDS {
-                    eprintln!(
-                        "xtask: bench models --preset {preset}, round {}/{ROUNDS}",
-                        round + 1
-                    );
-                    let file = out_dir.join(format!("models-{preset}-ours.json"));
-                    let mut cmd = Command::new(root.join("target/release/cappa"));
-                    cmd.args([
-                        "--threads",
-                        "2",
-                        "bench",
-                        "models",
-                        "--preset",
-                        preset,
-                        "--json",
-                    ])
-                    .arg(&file);
-                    ours.push(run_for_json(&mut cmd, &file)?);
-                    let file = out_dir.join(format!("models-{preset}-reference.json"));
-                    let mut cmd = Command::new(&python);
-                    cmd.arg(root.join("scripts/bench_models_reference.py"))
-                        .args(["--preset", preset, "--threads", "2", "--json"])
-                        .arg(&file);
-                    reference.push(run_for_json(&mut cmd, &file)?);
-                }
+                let (ours, reference) = alternate(root, &out_dir, &python, "models", preset)?;
                 ensure!(
                     ours[0]["params"] == reference[0]["params"],
                     "preset {preset}: the reference's parameter counts {} differ from cappa's {}: \
@@ -144,6 +128,76 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
             write_outputs(&out_dir, "models", &rows)
         }
     }
+}
+
+/// ROUNDS of `cappa bench NAME --preset PRESET` and `scripts/bench_NAME_reference.py`,
+/// alternated, on two threads each: (ours, reference) figures per round.
+fn alternate(
+    root: &Path,
+    out_dir: &Path,
+    python: &Path,
+    name: &str,
+    preset: &str,
+) -> Result<(Vec<Value>, Vec<Value>)> {
+    let (mut ours, mut reference) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!(
+            "xtask: bench {name} --preset {preset}, round {}/{ROUNDS}",
+            round + 1
+        );
+        let file = out_dir.join(format!("{name}-{preset}-ours.json"));
+        let mut cmd = Command::new(root.join("target/release/cappa"));
+        cmd.args([
+            "--threads",
+            "2",
+            "bench",
+            name,
+            "--preset",
+            preset,
+            "--json",
+        ])
+        .arg(&file);
+        ours.push(run_for_json(&mut cmd, &file)?);
+        let file = out_dir.join(format!("{name}-{preset}-reference.json"));
+        let mut cmd = Command::new(python);
+        cmd.arg(root.join(format!("scripts/bench_{name}_reference.py")))
+            .args(["--preset", preset, "--threads", "2", "--json"])
+            .arg(&file);
+        reference.push(run_for_json(&mut cmd, &file)?);
+    }
+    Ok((ours, reference))
+}
+
+/// The trainer benchmark: cappa's trainer steps and PyTorch's loop on the same models.
+fn train(root: &Path, out_dir: &Path, python: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
+        let (ours, reference) = alternate(root, out_dir, python, "train", preset)?;
+        ensure!(
+            ours[0]["params"] == reference[0]["params"],
+            "preset {preset}: the reference's parameter counts {} differ from cappa's {}",
+            reference[0]["params"],
+            ours[0]["params"]
+        );
+        for (model, key) in [("CLIP", "clip"), ("CapPa", "cappa")] {
+            let step = format!("{key}_step_ms");
+            rows.push(Row::new(
+                format!("{preset}: {model} trainer step (batch 32, AdamW, clip, schedule)"),
+                fold(&ours, &step, f64::min)?,
+                fold(&reference, &step, f64::min)?,
+                "ms",
+                Goal::AtMost(step_target),
+            ));
+            rows.push(Row::new(
+                format!("{preset}: {model} data-wait fraction, scene-world loader"),
+                fold(&ours, &format!("{key}_data_wait"), f64::min)?,
+                0.05,
+                "fraction",
+                Goal::Below,
+            ));
+        }
+    }
+    write_outputs(out_dir, "train", &rows)
 }
 
 /// The data benchmark: cappa's pipeline and Pillow + torchvision on the same JPEGs.
@@ -255,9 +309,11 @@ fn write_outputs(out_dir: &Path, name: &str, rows: &[Row]) -> Result<()> {
     );
     for r in rows {
         let mark = if r.met { "met" } else { "NOT met" };
+        // Fractions need more digits than times and rates.
+        let digits = if r.unit == "fraction" { 3 } else { 2 };
         writeln!(
             table,
-            "| {} | {:.2} | {:.2} | {} | {:.2} | {} ({mark}) |",
+            "| {} | {:.digits$} | {:.digits$} | {} | {:.2} | {} ({mark}) |",
             r.name, r.ours, r.reference, r.unit, r.ratio, r.target
         )?;
     }

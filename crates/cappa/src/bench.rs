@@ -311,3 +311,158 @@ pub(crate) fn data(args: &DataArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Timed trainer steps on in-memory data (default: 20 at tiny, 8 at small).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Untimed steps first.
+    #[arg(long, default_value_t = 3)]
+    warmup: usize,
+    /// Steps of the data-wait run with the real scene-world loader (default: 60 at tiny, 20 at
+    /// small); the first log window (loader start-up) is not counted.
+    #[arg(long)]
+    loader_steps: Option<u64>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Serialize)]
+struct TrainFigures {
+    preset: Preset,
+    threads: i32,
+    params: Params,
+    /// Median ms of one full trainer step (forward, loss, backward, clipping, AdamW, schedule,
+    /// loss and gradient-norm read back), data in memory.
+    clip_step_ms: f64,
+    cappa_step_ms: f64,
+    /// Fraction of step time spent waiting for the real loader (scene world, 2 threads).
+    clip_data_wait: f64,
+    cappa_data_wait: f64,
+}
+
+/// The trainer settings the PyTorch reference loop mirrors: batch 32, AdamW lr 1e-3 with
+/// torch-style weight decay 0.1 on matrices, clipping at 1, cosine schedule.
+fn bench_config(
+    objective: &str,
+    preset: Preset,
+    extra: &[String],
+) -> Result<cappa_trainer::ExperimentConfig> {
+    let (name, seq_len) = match preset {
+        Preset::Tiny => ("tiny", 16),
+        Preset::Small => ("small", 32),
+    };
+    let mut sets: Vec<String> = vec![
+        format!("objective={objective}"),
+        format!("model.preset={name}"),
+        format!("data.seq_len={seq_len}"),
+        "batch_size=32".into(),
+        "optim.weight_decay=0.1".into(),
+        "optim.decay=torch".into(),
+        "budget.steps=1000000".into(),
+        "data.tokenizer_captions=500".into(),
+        "data.threads=2".into(),
+    ];
+    sets.extend(extra.iter().cloned());
+    Ok(cappa_trainer::config::resolve(None, &sets)?)
+}
+
+fn quiet_trainer(
+    config: cappa_trainer::ExperimentConfig,
+    dir: &std::path::Path,
+) -> Result<cappa_trainer::Trainer> {
+    let options = cappa_trainer::TrainerOptions {
+        progress: cappa_trainer::ProgressMode::Quiet,
+        ..cappa_trainer::TrainerOptions::default()
+    };
+    Ok(cappa_trainer::Trainer::start(config, dir, options)?)
+}
+
+/// Mean data-wait fraction of a real run after its first log window.
+fn data_wait(objective: &str, preset: Preset, steps: u64) -> Result<f64> {
+    let dir = tempfile::tempdir()?;
+    let config = bench_config(
+        objective,
+        preset,
+        &[format!("budget.steps={steps}"), "log_every=5".into()],
+    )?;
+    let mut trainer = quiet_trainer(config, dir.path())?;
+    trainer.run()?;
+    let records =
+        cappa_trainer::metrics::read_metrics(&dir.path().join(cappa_trainer::METRICS_FILE))?;
+    let fractions: Vec<f64> = records
+        .iter()
+        .skip(1)
+        .filter_map(|r| r["data_wait_fraction"].as_f64())
+        .collect();
+    anyhow::ensure!(!fractions.is_empty(), "the data-wait run logged nothing");
+    Ok(fractions.iter().sum::<f64>() / fractions.len() as f64)
+}
+
+pub(crate) fn train(args: &TrainArgs) -> Result<()> {
+    let (default_steps, default_loader_steps) = match args.preset {
+        Preset::Tiny => (20, 60),
+        Preset::Small => (8, 20),
+    };
+    let steps = args.steps.unwrap_or(default_steps);
+    let mut step_ms = Vec::new();
+    let mut params = Vec::new();
+    for objective in ["clip", "cap_pa"] {
+        let dir = tempfile::tempdir()?;
+        let mut trainer = quiet_trainer(bench_config(objective, args.preset, &[])?, dir.path())?;
+        let config = trainer.config().clone();
+        let size = trainer.vision_image_size();
+        let (batch, seq_len) = (config.batch_size as i64, config.data.seq_len as i64);
+        let vocab = trainer.tokenizer().vocab_size() as i64;
+        // In-memory data as the reference makes it: random images; random ordinary ids, for
+        // CLIP ending in EOS.
+        let images = Tensor::randn([batch, 3, size, size], (Kind::Float, Device::Cpu));
+        let tokens = Tensor::randint_low(3, vocab, [batch, seq_len], (Kind::Int64, Device::Cpu));
+        if objective == "clip" {
+            let _ = tokens.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
+        }
+        let micro = [(images, tokens)];
+        let mut failure = None;
+        let ms = time_steps(args.warmup, steps, || {
+            if let Err(error) = trainer.step_on(&micro) {
+                failure.get_or_insert(error);
+            }
+        });
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        step_ms.push(ms);
+        params.push(num_params(trainer.var_store()));
+    }
+    let loader_steps = args.loader_steps.unwrap_or(default_loader_steps);
+    let figures = TrainFigures {
+        preset: args.preset,
+        threads: tch::get_num_threads(),
+        params: Params {
+            clip: params[0],
+            cappa: params[1],
+        },
+        clip_step_ms: step_ms[0],
+        cappa_step_ms: step_ms[1],
+        clip_data_wait: data_wait("clip", args.preset, loader_steps)?,
+        cappa_data_wait: data_wait("cap_pa", args.preset, loader_steps)?,
+    };
+    println!(
+        "cappa bench train --preset {:?}: CLIP step {:.2} ms, CapPa step {:.2} ms; data wait with the scene loader CLIP {:.1}%, CapPa {:.1}% ({} threads)",
+        args.preset,
+        figures.clip_step_ms,
+        figures.cappa_step_ms,
+        100.0 * figures.clip_data_wait,
+        100.0 * figures.cappa_data_wait,
+        figures.threads
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}

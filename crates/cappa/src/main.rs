@@ -7,6 +7,7 @@
 //! cappa bench models --preset tiny       # step time and decoding throughput (see xtask bench)
 //! cappa data inspect 'shards/{00000..00009}.tar' [--json]  # counts, sizes, bad samples
 //! cappa synth --out DIR --samples N      # the scene world as webdataset shards + eval sets
+//! cappa train --config exp.json --set optim.lr=3e-4 [--resume auto]  # one training run
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
 //! ```
 //!
@@ -18,6 +19,7 @@ mod data;
 mod device;
 mod export;
 mod info;
+mod train;
 
 use std::process::ExitCode;
 
@@ -68,6 +70,9 @@ enum Command {
     /// Write the built-in scene world to disk: webdataset shards (img2dataset layout) and the
     /// evaluation sets in their real formats (Karpathy, ImageFolder, SugarCrepe, VQA).
     Synth(data::SynthArgs),
+    /// Train one model (CLIP, SigLIP, Cap or CapPa) from a JSON experiment config; bad
+    /// configurations exit with status 2 before anything is written.
+    Train(train::TrainArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -91,6 +96,9 @@ enum BenchCommand {
     /// Images/s of JPEG decode → random-resized-crop 224 → normalise → batch, on 1 and 2
     /// threads, and of the scene generator.
     Data(bench::DataArgs),
+    /// Full trainer steps of CLIP and CapPa on in-memory data, and the data-wait fraction
+    /// with the real scene-world loader.
+    Train(bench::TrainArgs),
 }
 
 fn main() -> ExitCode {
@@ -99,7 +107,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cappa: error: {error:#}");
-            ExitCode::FAILURE
+            if error.downcast_ref::<train::BadConfig>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -120,7 +132,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Models(args)) => bench::models(&args)?,
         Command::Bench(BenchCommand::Data(args)) => bench::data(&args)?,
+        Command::Bench(BenchCommand::Train(args)) => bench::train(&args)?,
         Command::Data(command) => data::run(command)?,
+        Command::Train(args) => train::run(&args, cli.global.device)?,
         Command::Synth(args) => data::synth(&args, cli.global.seed)?,
         Command::Export {
             format,

@@ -1,0 +1,229 @@
+//! Training on the scene world with the tiny presets: interrupted runs resume bit-identically, accumulation is exact for Cap,
+//! non-finite steps stop cleanly, bad configs write nothing.
+
+use std::path::Path;
+
+use cappa_trainer::metrics::read_metrics;
+use cappa_trainer::{
+    config, ExperimentConfig, ProgressMode, Resume, TrainError, Trainer, TrainerOptions,
+    METRICS_FILE,
+};
+use tch::{Device, Kind, Tensor};
+
+fn tiny(objective: &str, steps: u64, extra: &[&str]) -> ExperimentConfig {
+    let mut sets: Vec<String> = [
+        format!("objective={objective}"),
+        format!("budget.steps={steps}"),
+        "batch_size=16".into(),
+        "data.scene.image_size=32".into(),
+        "data.threads=1".into(),
+        "data.tokenizer_captions=300".into(),
+        "log_every=1".into(),
+        "checkpoint_every=1000".into(),
+        "schedule.warmup_steps=3".into(),
+    ]
+    .into();
+    sets.extend(extra.iter().map(|s| s.to_string()));
+    config::resolve(None, &sets).unwrap()
+}
+
+fn options(resume: Resume) -> TrainerOptions {
+    TrainerOptions {
+        progress: ProgressMode::Quiet,
+        resume,
+        ..TrainerOptions::default()
+    }
+}
+
+fn logged(run: &Path, key: &str) -> Vec<f64> {
+    read_metrics(&run.join(METRICS_FILE))
+        .unwrap()
+        .iter()
+        .filter(|v| v.get("event").is_none())
+        .map(|v| v[key].as_f64().unwrap())
+        .collect()
+}
+
+fn final_weights(run: &Path) -> Vec<u8> {
+    let (_, dir) = cappa_trainer::checkpoint::Checkpoints::new(run, 1)
+        .latest()
+        .unwrap();
+    std::fs::read(dir.join("model.safetensors")).unwrap()
+}
+
+#[test]
+fn an_interrupted_run_resumes_bit_identically() {
+    let extra = ["checkpoint_every=4", "eval.every=5"];
+    let whole = tempfile::tempdir().unwrap();
+    Trainer::start(
+        tiny("cap_pa", 10, &extra),
+        whole.path(),
+        options(Resume::Never),
+    )
+    .unwrap()
+    .run()
+    .unwrap();
+
+    let parts = tempfile::tempdir().unwrap();
+    let mut first = Trainer::start(
+        tiny("cap_pa", 10, &extra),
+        parts.path(),
+        options(Resume::Never),
+    )
+    .unwrap();
+    let interrupted = first.run_until(6).unwrap();
+    assert!(!interrupted.finished && interrupted.steps == 6);
+    drop(first);
+    // Starting again without --resume is refused; with it the run continues at step 6.
+    let refused = Trainer::start(
+        tiny("cap_pa", 10, &extra),
+        parts.path(),
+        options(Resume::Never),
+    );
+    assert!(matches!(
+        refused,
+        Err(TrainError::RunExists { step: 6, .. })
+    ));
+    let mut second = Trainer::start(
+        tiny("cap_pa", 10, &extra),
+        parts.path(),
+        options(Resume::Auto),
+    )
+    .unwrap();
+    assert_eq!(second.state().step, 6);
+    assert!(second.run().unwrap().finished);
+
+    assert_eq!(logged(whole.path(), "loss"), logged(parts.path(), "loss"));
+    assert_eq!(
+        logged(whole.path(), "grad_norm"),
+        logged(parts.path(), "grad_norm")
+    );
+    assert!(final_weights(whole.path()) == final_weights(parts.path()));
+}
+
+/// Two micro-batches of 4 give the update of one batch of 8 for Cap's per-caption loss.
+#[test]
+fn accumulation_matches_one_large_batch_for_cap() {
+    let images = Tensor::randn([8, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let mut rows = Vec::new();
+    for i in 0..8i64 {
+        let len = 3 + i % 5;
+        let mut row: Vec<i64> = (0..len).map(|t| 4 + (i * 31 + t * 7) % 300).collect();
+        row.push(2);
+        row.resize(24, 0);
+        rows.extend(row);
+    }
+    let tokens = Tensor::from_slice(&rows).view([8, 24]);
+    let mut params = Vec::new();
+    for accumulation in [1i64, 2] {
+        let run = tempfile::tempdir().unwrap();
+        let config = tiny(
+            "cap",
+            5,
+            &["batch_size=8", &format!("accumulation={accumulation}")],
+        );
+        let mut trainer = Trainer::start(config, run.path(), options(Resume::Never)).unwrap();
+        let micro: Vec<(Tensor, Tensor)> = (0..accumulation)
+            .map(|k| {
+                let b = 8 / accumulation;
+                (images.narrow(0, k * b, b), tokens.narrow(0, k * b, b))
+            })
+            .collect();
+        let outcome = trainer.step_on(&micro).unwrap();
+        assert!(outcome.applied);
+        params.push((trainer.optimizer().params().copy(), outcome.loss));
+    }
+    let diff = (&params[0].0 - &params[1].0).abs().max().double_value(&[]);
+    assert!(diff < 1e-6, "parameters differ by {diff}");
+    assert!((params[0].1 - params[1].1).abs() < 1e-5);
+}
+
+#[test]
+fn a_non_finite_step_stops_with_the_last_good_weights() {
+    let images = Tensor::full([4, 3, 32, 32], f64::NAN, (Kind::Float, Device::Cpu));
+    let tokens = Tensor::from_slice(&[5i64, 6, 2, 0])
+        .repeat([4, 6])
+        .view([4, 24]);
+    let good = Tensor::zeros([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+
+    let run = tempfile::tempdir().unwrap();
+    let mut trainer = Trainer::start(
+        tiny("cap", 5, &["batch_size=4"]),
+        run.path(),
+        options(Resume::Never),
+    )
+    .unwrap();
+    trainer
+        .step_on(&[(good.shallow_clone(), tokens.shallow_clone())])
+        .unwrap();
+    let before = trainer.optimizer().params().copy();
+    let error = trainer
+        .step_on(&[(images.shallow_clone(), tokens.shallow_clone())])
+        .unwrap_err();
+    let TrainError::NonFinite {
+        step, checkpoint, ..
+    } = &error
+    else {
+        panic!("expected NonFinite, got {error}")
+    };
+    assert_eq!(*step, 1);
+    assert!(error.to_string().contains("step 1"));
+    // The checkpoint holds the weights after step 1, the last good ones.
+    assert!(checkpoint.ends_with("step-00000001"));
+    let (vs, _, _) = cappa_models::checkpoint::load(checkpoint, Device::Cpu).unwrap();
+    let saved: f64 = vs
+        .variables()
+        .values()
+        .map(|t| t.square().sum(Kind::Double).double_value(&[]))
+        .sum();
+    let expected = before.square().sum(Kind::Double).double_value(&[]);
+    assert!((saved - expected).abs() <= 1e-9 * expected);
+
+    // With max_bad_steps = 1 the first bad step is skipped and the parameters stay put.
+    let run = tempfile::tempdir().unwrap();
+    let config = tiny("cap", 5, &["batch_size=4", "max_bad_steps=1"]);
+    let mut trainer = Trainer::start(config, run.path(), options(Resume::Never)).unwrap();
+    let before = trainer.optimizer().params().copy();
+    let skipped = trainer
+        .step_on(&[(images.shallow_clone(), tokens.shallow_clone())])
+        .unwrap();
+    assert!(!skipped.applied);
+    assert!(trainer.optimizer().params().equal(&before));
+    assert_eq!(trainer.state().bad_steps, 1);
+    assert!(matches!(
+        trainer.step_on(&[(images, tokens)]),
+        Err(TrainError::NonFinite { step: 1, .. })
+    ));
+}
+
+#[test]
+fn bad_configs_are_refused_before_anything_is_written() {
+    let parent = tempfile::tempdir().unwrap();
+    let run = parent.path().join("run");
+    for (sets, field) in [
+        (vec!["optim.lr=-0.1"], "optim.lr"),
+        (
+            vec!["schedule.warmup_steps=50", "budget.steps=10"],
+            "schedule.warmup_steps",
+        ),
+        (
+            vec!["data.kind=shards", "data.shards=[\"/no/such/*.tar\"]"],
+            "data.shards",
+        ),
+        (vec!["batch_size=6", "world_size=4"], "batch_size"),
+    ] {
+        let mut config = tiny("clip", 10, &[]);
+        for set in sets {
+            let mut value = serde_json::to_value(&config).unwrap();
+            config::apply_override(&mut value, set).unwrap();
+            config = config::from_value(value).unwrap();
+        }
+        let error = Trainer::start(config, &run, options(Resume::Never)).unwrap_err();
+        assert!(error.is_config(), "{error}");
+        let TrainError::Config(config_error) = &error else {
+            panic!("{error}")
+        };
+        assert_eq!(config_error.field, field);
+        assert!(!run.exists(), "{field}: the run directory was created");
+    }
+}

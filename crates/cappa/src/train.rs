@@ -1,0 +1,141 @@
+//! `cappa train`: one training run from a JSON experiment config with `--set` overrides.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use cappa_trainer::{config, ProgressMode, Resume, Trainer, TrainerOptions, EXPERIMENT_FILE};
+
+use crate::device::DeviceArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct TrainArgs {
+    /// Experiment config (JSON). Without it: the defaults (tiny CapPa on the scene world); on
+    /// `--resume auto` of an existing run: that run's saved config.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override one config value, e.g. `--set optim.lr=3e-4 --set budget.examples=100000`
+    /// (values are JSON; anything else is a string). Repeatable.
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    sets: Vec<String>,
+    /// Run directory (default: runs/NAME).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// `auto` continues the run directory from its newest checkpoint (or starts it); `never`
+    /// refuses a directory that already has checkpoints.
+    #[arg(long, value_enum, default_value = "never")]
+    resume: ResumeArg,
+    /// Progress on stderr: a bar on a terminal (`auto`), plain lines, or nothing.
+    #[arg(long, value_enum, default_value = "auto")]
+    progress: ProgressArg,
+    /// Print the resolved configuration as JSON and exit without training.
+    #[arg(long)]
+    print_config: bool,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ResumeArg {
+    Auto,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ProgressArg {
+    Auto,
+    Plain,
+    Quiet,
+}
+
+/// A configuration error: `main` exits with status 2 for it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BadConfig(pub(crate) String);
+
+fn bad_config(error: impl std::fmt::Display) -> anyhow::Error {
+    BadConfig(error.to_string()).into()
+}
+
+pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
+    let resume = matches!(args.resume, ResumeArg::Auto);
+    // On resume without --config, the run's own saved config is the base.
+    let mut base = args.config.clone();
+    if base.is_none() && resume {
+        if let Some(out) = &args.out {
+            let saved = out.join(EXPERIMENT_FILE);
+            if saved.is_file() {
+                base = Some(saved);
+            }
+        }
+    }
+    let config = config::resolve(base.as_deref(), &args.sets).map_err(bad_config)?;
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    config.validate().map_err(bad_config)?;
+    let run_dir = args
+        .out
+        .clone()
+        .unwrap_or_else(|| Path::new("runs").join(&config.name));
+    let visible = if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    };
+    let device = device.resolve(visible)?;
+    let device_name = match device {
+        tch::Device::Cuda(index) => crate::cuda::devices()
+            .ok()
+            .and_then(|devices| devices.into_iter().find(|d| d.index == index))
+            .map(|d| d.name),
+        _ => None,
+    };
+    let options = TrainerOptions {
+        device,
+        device_name,
+        progress: match args.progress {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Plain => ProgressMode::Plain,
+            ProgressArg::Quiet => ProgressMode::Quiet,
+        },
+        resume: if resume { Resume::Auto } else { Resume::Never },
+    };
+    let mut trainer = Trainer::start(config, &run_dir, options).map_err(|e| {
+        if e.is_config() {
+            bad_config(e)
+        } else {
+            e.into()
+        }
+    })?;
+    let state = trainer.state();
+    if state.step > 0 {
+        eprintln!(
+            "resuming {} at step {} of {}",
+            run_dir.display(),
+            state.step,
+            trainer.total_steps()
+        );
+    }
+    eprintln!(
+        "training {} ({}) for {} steps of {} examples, {:.3e} training FLOPs per example → {}",
+        trainer.config().name,
+        trainer.config().objective.name(),
+        trainer.total_steps(),
+        trainer.config().batch_size,
+        trainer.train_flops_per_example(),
+        run_dir.display()
+    );
+    let summary = trainer.run()?;
+    eprintln!(
+        "done: {} steps, {} examples in {:.1} s ({:.0} examples/s), final loss {}, {} bad samples; checkpoint {}",
+        summary.steps,
+        summary.examples_seen,
+        summary.seconds,
+        summary.examples_per_second,
+        summary
+            .final_loss
+            .map_or("n/a".into(), |l| format!("{l:.4}")),
+        summary.bad_samples,
+        summary.checkpoint.display()
+    );
+    Ok(())
+}
