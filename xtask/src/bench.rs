@@ -21,6 +21,8 @@ pub(crate) enum Which {
     /// Full trainer steps of CLIP and CapPa vs a PyTorch-eager training loop
     /// (scripts/bench_train_reference.py), and the data-wait fraction with the real loader.
     Train,
+    /// Evaluation throughput (no reference): zero-shot scoring, greedy and beam captioning.
+    Eval,
 }
 
 /// Rounds of (ours, reference) runs; each figure keeps its best round.
@@ -87,6 +89,7 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
     match which {
         Which::Data => data(root, &out_dir, &python),
         Which::Train => train(root, &out_dir, &python),
+        Which::Eval => eval(root, &out_dir),
         Which::Models => {
             let mut rows = Vec::new();
             for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
@@ -166,6 +169,39 @@ fn alternate(
         reference.push(run_for_json(&mut cmd, &file)?);
     }
     Ok((ours, reference))
+}
+
+/// The evaluation benchmark: cappa's figures alone, tiny and small, into `eval.json`.
+fn eval(root: &Path, out_dir: &Path) -> Result<()> {
+    let mut rows = Vec::new();
+    for preset in ["tiny", "small"] {
+        let file = out_dir.join(format!("eval-{preset}.json"));
+        let mut cmd = Command::new(root.join("target/release/cappa"));
+        cmd.args([
+            "--threads",
+            "2",
+            "bench",
+            "eval",
+            "--preset",
+            preset,
+            "--json",
+        ])
+        .arg(&file);
+        let figures = run_for_json(&mut cmd, &file)?;
+        rows.extend(figures.as_array().cloned().unwrap_or_default());
+    }
+    let path = out_dir.join("eval.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    for row in &rows {
+        println!(
+            "{}: {:.1} {}",
+            row["name"].as_str().unwrap_or("?"),
+            row["ours"].as_f64().unwrap_or(f64::NAN),
+            row["unit"].as_str().unwrap_or("")
+        );
+    }
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 /// The trainer benchmark: cappa's trainer steps and PyTorch's loop on the same models.

@@ -303,6 +303,11 @@ impl Vit {
         &self.config
     }
 
+    /// The device of the encoder's variables.
+    pub fn device(&self) -> tch::Device {
+        self.conv1.ws.device()
+    }
+
     /// Encodes images (B, 3, H, W) into patch tokens (B, N, D) and a pooled vector (B, E).
     pub fn encode_image(&self, images: &Tensor, train: bool) -> ImageEncoding {
         let c = &self.config;

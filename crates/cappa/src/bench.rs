@@ -466,3 +466,74 @@ pub(crate) fn train(args: &TrainArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    #[arg(long, value_enum, default_value = "tiny")]
+    preset: Preset,
+    /// Write the figures as JSON here (`[{name, ours, unit}]`).
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// Evaluation throughput of an untrained captioner (the work does not depend on the weights):
+/// zero-shot scoring in (image, class) pairs/s, greedy and beam captions/s at full length.
+pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
+    use cappa_eval::model::LikelihoodScorer;
+    let config = match args.preset {
+        Preset::Tiny => CapConfig::tiny(),
+        Preset::Small => CapConfig::small(),
+    };
+    let (images_n, classes, seq_len) = (32i64, 32i64, 16i64);
+    let vs = VarStore::new(Device::Cpu);
+    let cap = CapModel::new(vs.root(), &config);
+    let size = config.vision.image_size;
+    let vocab = config.decoder.vocab_size;
+    let images = Tensor::randn([images_n, 3, size, size], (Kind::Float, Device::Cpu));
+    let candidates = Tensor::randint_low(3, vocab, [classes, seq_len], (Kind::Int64, Device::Cpu));
+    let seconds = median(
+        (0..3)
+            .map(|_| {
+                let start = Instant::now();
+                let _ = cap.log_likelihood(&images, &candidates);
+                start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    );
+    let pairs_per_s = (images_n * classes) as f64 / seconds;
+    let full = |beam: i64| GenerateConfig {
+        stop_at_eos: false,
+        ..GenerateConfig::beam(seq_len, beam, 0.6)
+    };
+    let captions_per_s = |config: GenerateConfig| {
+        median(
+            (0..3)
+                .map(|_| {
+                    let start = Instant::now();
+                    let out = LikelihoodScorer::generate(&cap, &images.narrow(0, 0, 16), &config);
+                    out.len() as f64 / start.elapsed().as_secs_f64()
+                })
+                .collect(),
+        )
+    };
+    let greedy = captions_per_s(full(1));
+    let beam = captions_per_s(full(4));
+    let rows = serde_json::json!([
+        {"name": format!("{:?}: zero-shot scoring, {images_n} images × {classes} classes of {seq_len} tokens", args.preset),
+         "ours": pairs_per_s, "unit": "image-class pairs/s"},
+        {"name": format!("{:?}: greedy captions of {seq_len} tokens, batch 16", args.preset),
+         "ours": greedy, "unit": "captions/s"},
+        {"name": format!("{:?}: beam-4 captions of {seq_len} tokens, batch 16", args.preset),
+         "ours": beam, "unit": "captions/s"},
+    ]);
+    println!(
+        "cappa bench eval --preset {:?}: zero-shot scoring {pairs_per_s:.0} image-class pairs/s, greedy {greedy:.1} captions/s, beam-4 {beam:.1} captions/s ({} threads)",
+        args.preset,
+        tch::get_num_threads()
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&rows)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -8,6 +8,9 @@
 //! cappa data inspect 'shards/{00000..00009}.tar' [--json]  # counts, sizes, bad samples
 //! cappa synth --out DIR --samples N      # the scene world as webdataset shards + eval sets
 //! cappa train --config exp.json --set optim.lr=3e-4 [--resume auto]  # one training run
+//! cappa eval runs/NAME/checkpoints/step-00000200 [--transfer]  # every scene-world task
+//! cappa metrics caption captions.json    # BLEU, ROUGE-L, CIDEr-D as pycocoevalcap
+//! cappa probe fewshot features.safetensors --shots 1,5,10,25   # probes on any features
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
 //! ```
 //!
@@ -17,6 +20,7 @@ mod bench;
 mod cuda;
 mod data;
 mod device;
+mod eval;
 mod export;
 mod info;
 mod train;
@@ -73,6 +77,14 @@ enum Command {
     /// Train one model (CLIP, SigLIP, Cap or CapPa) from a JSON experiment config; bad
     /// configurations exit with status 2 before anything is written.
     Train(train::TrainArgs),
+    /// Evaluate a checkpoint on every scene-world task (few-shot, zero-shot, retrieval,
+    /// compositional, captioning, perplexity, optionally frozen-encoder transfer).
+    Eval(eval::EvalArgs),
+    /// Metrics for anyone's outputs.
+    #[command(subcommand)]
+    Metrics(eval::MetricsCommand),
+    /// Linear probes (few-shot ridge or logistic) on anyone's features.
+    Probe(eval::ProbeArgs),
     /// Look at datasets.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -99,6 +111,8 @@ enum BenchCommand {
     /// Full trainer steps of CLIP and CapPa on in-memory data, and the data-wait fraction
     /// with the real scene-world loader.
     Train(bench::TrainArgs),
+    /// Evaluation throughput: zero-shot scoring pairs/s, greedy and beam captions/s.
+    Eval(bench::EvalArgs),
 }
 
 fn main() -> ExitCode {
@@ -133,8 +147,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Models(args)) => bench::models(&args)?,
         Command::Bench(BenchCommand::Data(args)) => bench::data(&args)?,
         Command::Bench(BenchCommand::Train(args)) => bench::train(&args)?,
+        Command::Bench(BenchCommand::Eval(args)) => bench::eval(&args)?,
         Command::Data(command) => data::run(command)?,
         Command::Train(args) => train::run(&args, cli.global.device)?,
+        Command::Eval(args) => eval::eval(&args, cli.global.device)?,
+        Command::Metrics(command) => eval::metrics(&command)?,
+        Command::Probe(args) => eval::probe(&args)?,
         Command::Synth(args) => data::synth(&args, cli.global.seed)?,
         Command::Export {
             format,

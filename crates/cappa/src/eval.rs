@@ -1,0 +1,412 @@
+//! `cappa eval` (a checkpoint on every scene-world task), `cappa metrics caption` (caption
+//! metrics for anyone's captions) and `cappa probe` (linear probes on anyone's features).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use cappa_data::pipeline::Normalize;
+use cappa_data::scene::{SceneConfig, SceneWorld};
+use cappa_data::tokenizer::Tokenizer;
+use cappa_eval::caption_metrics::{read_caption_file, score_captions, CaptionItem};
+use cappa_eval::model::Evaluable;
+use cappa_eval::probe::{
+    few_shot, has_validation_split, linear_probe, load_features, FewShotConfig, LinearProbeConfig,
+};
+use cappa_eval::report::{evaluate_scene, write_report, EvalOptions};
+use cappa_eval::scene::{SceneEvalSet, SceneEvalSizes};
+use cappa_eval::transfer::TransferConfig;
+use serde_json::Value;
+
+use crate::device::DeviceArg;
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct EvalArgs {
+    /// A checkpoint directory (`config.json`, `model.safetensors`, `tokenizer.json`; a
+    /// trainer checkpoint also has `experiment.json`, which gives the scene world, caption
+    /// length and normalisation it was trained with).
+    checkpoint: PathBuf,
+    /// Where to write `results.json` and one JSON per task (default: CHECKPOINT/eval).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Held-out test images.
+    #[arg(long, default_value_t = 200)]
+    test: u64,
+    /// Held-out images for the few-shot pool and transfer training.
+    #[arg(long, default_value_t = 400)]
+    pool: u64,
+    /// Beam size for a second captioning pass (captioners; 1 = greedy only).
+    #[arg(long, default_value_t = 1)]
+    beam: i64,
+    /// Also train and evaluate the frozen-encoder transfer decoders (captioning, VQA).
+    #[arg(long)]
+    transfer: bool,
+    /// Transfer decoder training steps.
+    #[arg(long, default_value_t = 300)]
+    transfer_steps: usize,
+    /// Compositional benchmark files in SugarCrepe format (`{id: {filename, caption,
+    /// negative_caption}}`) or ARO format (a list with `true_caption` and `false_caption(s)`),
+    /// evaluated besides the scene world; needs `--image-root`.
+    #[arg(long, num_args = 1.., value_name = "FILE")]
+    compositional: Vec<PathBuf>,
+    /// Directory the compositional files' image names are relative to.
+    #[arg(long)]
+    image_root: Option<PathBuf>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+/// What a checkpoint was trained with, from its `experiment.json` (defaults otherwise).
+struct TrainedWith {
+    scene: SceneConfig,
+    seq_len: usize,
+    normalize: Normalize,
+    seed: u64,
+}
+
+fn trained_with(dir: &Path) -> Result<TrainedWith> {
+    let path = dir.join("experiment.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!(
+            "note: {} not found; evaluating with the default scene world, 24-token captions and \
+             [-1, 1] pixels",
+            path.display()
+        );
+        return Ok(TrainedWith {
+            scene: SceneConfig::default(),
+            seq_len: 24,
+            normalize: Normalize::MinusOneToOne,
+            seed: 0,
+        });
+    };
+    let value: Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let data = &value["data"];
+    let field = |name: &str| -> Result<Value> {
+        data.get(name)
+            .cloned()
+            .with_context(|| format!("{}: no data.{name}", path.display()))
+    };
+    Ok(TrainedWith {
+        scene: serde_json::from_value(field("scene")?)
+            .with_context(|| format!("{}: data.scene", path.display()))?,
+        seq_len: serde_json::from_value(field("seq_len")?)
+            .with_context(|| format!("{}: data.seq_len", path.display()))?,
+        normalize: serde_json::from_value(field("normalize")?)
+            .with_context(|| format!("{}: data.normalize", path.display()))?,
+        seed: value["seed"].as_u64().unwrap_or(0),
+    })
+}
+
+pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
+    let visible = if tch::Cuda::is_available() {
+        tch::Cuda::device_count() as usize
+    } else {
+        0
+    };
+    let device = device.resolve(visible)?;
+    let (_vs, model, _config) = cappa_models::checkpoint::load(&args.checkpoint, device)?;
+    let tokenizer_path = args.checkpoint.join("tokenizer.json");
+    let tokenizer = Tokenizer::load(&tokenizer_path)
+        .with_context(|| format!("loading {}", tokenizer_path.display()))?;
+    let with = trained_with(&args.checkpoint)?;
+    let world = SceneWorld::eval(with.scene, with.seed)?;
+    let evaluable = Evaluable::of(&model);
+    let image_size = evaluable.encoder().image_size();
+    let sizes = SceneEvalSizes {
+        test: args.test,
+        pool: args.pool,
+    };
+    let set = SceneEvalSet::build(&world, sizes, image_size, with.normalize);
+    let mut options = EvalOptions::new(with.seq_len);
+    options.beam_size = args.beam;
+    if args.transfer {
+        options.transfer = Some(TransferConfig {
+            steps: args.transfer_steps,
+            seq_len: with.seq_len.max(24),
+            ..TransferConfig::default()
+        });
+    }
+    let mut report = evaluate_scene(evaluable, &tokenizer, &set, &options);
+    if !args.compositional.is_empty() {
+        let root = args.image_root.as_deref().context(
+            "--compositional needs --image-root, the directory its image file names are relative to",
+        )?;
+        for file in &args.compositional {
+            let (name, accuracy) = compositional_file(
+                evaluable,
+                &tokenizer,
+                file,
+                root,
+                with.seq_len,
+                with.normalize,
+            )?;
+            report.compositional_files.insert(name, accuracy);
+        }
+    }
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.checkpoint.join("eval"));
+    write_report(&out, &report).with_context(|| format!("writing {}", out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_report(&report);
+        println!("wrote {}", out.join("results.json").display());
+    }
+    Ok(())
+}
+
+/// Preference accuracy on one SugarCrepe- or ARO-format file (told apart by the top-level
+/// JSON: an object is SugarCrepe, a list is ARO), per (true, negative) pair.
+fn compositional_file(
+    model: Evaluable<'_>,
+    tokenizer: &Tokenizer,
+    file: &Path,
+    image_root: &Path,
+    seq_len: usize,
+    normalize: Normalize,
+) -> Result<(String, std::collections::BTreeMap<String, f64>)> {
+    use cappa_data::pipeline::{decode_bytes, to_tensor, DecodeLimits, EvalTransform};
+    use cappa_eval::tasks::{compositional_contrastive, compositional_likelihood, PreferenceItem};
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let items = if text.trim_start().starts_with('[') {
+        cappa_data::readers::read_aro(file, image_root)?
+    } else {
+        cappa_data::readers::read_sugarcrepe(file, image_root)?
+    };
+    anyhow::ensure!(!items.is_empty(), "{} holds no item", file.display());
+    let transform = EvalTransform::open_clip(model.encoder().image_size() as u32);
+    let mut paths: Vec<PathBuf> = items.iter().map(|i| i.image_path.clone()).collect();
+    paths.sort();
+    paths.dedup();
+    let mut images = Vec::with_capacity(paths.len());
+    for path in &paths {
+        let bytes =
+            std::fs::read(path).with_context(|| format!("reading image {}", path.display()))?;
+        let image = decode_bytes(&bytes, &DecodeLimits::default())
+            .map_err(|why| anyhow::anyhow!("{}: {why:?}", path.display()))?;
+        images.push(transform.apply(&image));
+    }
+    let images = to_tensor(&images, normalize);
+    let preference: Vec<PreferenceItem> = items
+        .iter()
+        .flat_map(|item| {
+            let image = paths
+                .binary_search(&item.image_path)
+                .expect("every path was loaded");
+            item.negatives.iter().map(move |negative| PreferenceItem {
+                image,
+                kind: item.kind.clone(),
+                caption: item.caption.clone(),
+                negative: negative.clone(),
+            })
+        })
+        .collect();
+    let accuracy = match model {
+        Evaluable::Contrastive(m) => {
+            compositional_contrastive(m, tokenizer, seq_len, &images, &preference, 64)
+        }
+        Evaluable::Captioner(m) => {
+            compositional_likelihood(m, tokenizer, seq_len, &images, &preference, 64)
+        }
+    };
+    Ok((file.display().to_string(), accuracy))
+}
+
+fn print_report(report: &cappa_eval::report::EvalReport) {
+    println!(
+        "{} model, {} held-out test images",
+        report.model_kind, report.test_images
+    );
+    for (set, results) in &report.few_shot {
+        let line: Vec<String> = results
+            .iter()
+            .map(|r| format!("{}-shot {:.3}", r.shots, r.mean_accuracy))
+            .collect();
+        println!("few-shot {set:<13} {}", line.join("  "));
+    }
+    for (set, accuracy) in &report.zero_shot {
+        println!("zero-shot {set:<12} {accuracy:.3}");
+    }
+    match (&report.retrieval, &report.retrieval_skipped) {
+        (Some(r), _) => println!(
+            "retrieval           image→text R@1/5/10 {:.3}/{:.3}/{:.3}  text→image {:.3}/{:.3}/{:.3}",
+            r.image_to_text.r1,
+            r.image_to_text.r5,
+            r.image_to_text.r10,
+            r.text_to_image.r1,
+            r.text_to_image.r5,
+            r.text_to_image.r10
+        ),
+        (None, Some(why)) => println!("retrieval           skipped: {why}"),
+        (None, None) => {}
+    }
+    for (kind, accuracy) in &report.compositional {
+        println!("compositional {kind:<17} {accuracy:.3}");
+    }
+    for (file, accuracies) in &report.compositional_files {
+        for (kind, accuracy) in accuracies {
+            println!("compositional {kind:<17} {accuracy:.3}  ({file})");
+        }
+    }
+    for (set, probe) in &report.linear_probe {
+        println!(
+            "linear probe {set:<11} {:.3} (l2 {:e})",
+            probe.test_accuracy, probe.l2
+        );
+    }
+    for (name, scores) in [
+        ("greedy", &report.captioning_greedy),
+        ("beam", &report.captioning_beam),
+    ] {
+        if let Some(s) = scores {
+            println!(
+                "captioning {name:<8} BLEU-4 {:.3}  ROUGE-L {:.3}  CIDEr-D {:.3}",
+                s.bleu_4, s.rouge_l, s.cider_d
+            );
+        }
+    }
+    if let Some(p) = &report.perplexity {
+        println!(
+            "perplexity          {:.3} ({} tokens)",
+            p.perplexity, p.tokens
+        );
+    }
+    if let Some(t) = &report.transfer {
+        println!(
+            "transfer            captioning CIDEr-D {:.3}, VQA accuracy {:.3}",
+            t.captioning.cider_d, t.vqa_accuracy
+        );
+    }
+    for caption in report.sample_captions.iter().take(3) {
+        println!("  e.g. \"{caption}\"");
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum MetricsCommand {
+    /// BLEU-1..4, ROUGE-L and CIDEr-D (as pycocoevalcap) of `{id: {"refs": [...], "hyp": "..."}}`.
+    Caption {
+        file: PathBuf,
+        /// Also write the scores as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+}
+
+pub(crate) fn metrics(command: &MetricsCommand) -> Result<()> {
+    let MetricsCommand::Caption { file, json } = command;
+    let items: Vec<CaptionItem> = read_caption_file(file)?
+        .into_iter()
+        .map(|(_, i)| i)
+        .collect();
+    let scores = score_captions(&items);
+    println!(
+        "{} images: BLEU-1 {:.4}  BLEU-2 {:.4}  BLEU-3 {:.4}  BLEU-4 {:.4}  ROUGE-L {:.4}  CIDEr-D {:.4}",
+        scores.images,
+        scores.bleu_1,
+        scores.bleu_2,
+        scores.bleu_3,
+        scores.bleu_4,
+        scores.rouge_l,
+        scores.cider_d
+    );
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_string_pretty(&scores)? + "\n")
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub(crate) enum ProbeKind {
+    /// Ridge regression on standardised features, ±1 targets, l2 1024, k shots per class.
+    Fewshot,
+    /// Multinomial logistic regression, regularisation chosen on a validation split.
+    Linear,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ProbeArgs {
+    kind: ProbeKind,
+    /// safetensors or .npz with train_features (N,D), train_labels (N), test_features,
+    /// test_labels.
+    features: PathBuf,
+    /// Shots per class (few-shot).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 5, 10, 25])]
+    shots: Vec<usize>,
+    /// Seeds per shot count (few-shot).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn probe(args: &ProbeArgs) -> Result<()> {
+    let set = load_features(&args.features)?;
+    let value = match args.kind {
+        ProbeKind::Fewshot => {
+            if args.shots.is_empty() || args.shots.contains(&0) {
+                bail!("--shots needs positive shot counts, e.g. --shots 1,5,10,25");
+            }
+            let config = FewShotConfig {
+                shots: args.shots.clone(),
+                seeds: args.seeds,
+                ..FewShotConfig::default()
+            };
+            let results = few_shot(
+                &set.train_features,
+                &set.train_labels,
+                &set.test_features,
+                &set.test_labels,
+                set.num_classes,
+                &config,
+            );
+            for r in &results {
+                println!(
+                    "{:>3}-shot accuracy {:.4} (seeds: {})",
+                    r.shots,
+                    r.mean_accuracy,
+                    r.accuracies
+                        .iter()
+                        .map(|a| format!("{a:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            serde_json::to_value(&results)?
+        }
+        ProbeKind::Linear => {
+            let config = LinearProbeConfig::default();
+            if !has_validation_split(&set.train_labels, config.validation_fraction) {
+                bail!(
+                    "{}: no class has enough training examples to hold out a validation split \
+                     for choosing the regularisation (at least 3 of one class)",
+                    args.features.display()
+                );
+            }
+            let result = linear_probe(
+                &set.train_features,
+                &set.train_labels,
+                &set.test_features,
+                &set.test_labels,
+                set.num_classes,
+                &config,
+            );
+            println!(
+                "linear probe: test accuracy {:.4} (l2 {} chosen at validation accuracy {:.4})",
+                result.test_accuracy, result.l2, result.validation_accuracy
+            );
+            serde_json::to_value(&result)?
+        }
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&value)? + "\n")
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}

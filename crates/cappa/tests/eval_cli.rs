@@ -1,0 +1,203 @@
+//! `cappa eval` on tiny trained checkpoints (a captioner and a CLIP model), `cappa metrics
+//! caption` and `cappa probe` on files written here.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn cappa(args: &[&str], paths: &[&Path]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cappa"));
+    command.args(["--threads", "1"]).args(args);
+    for path in paths {
+        command.arg(path);
+    }
+    let out = command
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("cappa starts");
+    assert!(
+        out.status.success(),
+        "cappa {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn train_tiny(dir: &Path, objective: &str) -> std::path::PathBuf {
+    let sets = [
+        format!("objective={objective}"),
+        "budget.steps=30".into(),
+        "batch_size=16".into(),
+        "data.scene.image_size=32".into(),
+        "data.threads=1".into(),
+        "data.tokenizer_captions=300".into(),
+        "schedule.warmup_steps=3".into(),
+        "optim.lr=3e-3".into(),
+    ];
+    let mut args = vec!["train", "--progress", "quiet"];
+    for set in &sets {
+        args.extend(["--set", set]);
+    }
+    args.push("--out");
+    cappa(&args, &[dir]);
+    dir.join("checkpoints/step-00000030")
+}
+
+fn results(dir: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dir.join("results.json")).unwrap()).unwrap()
+}
+
+fn in_unit(value: &serde_json::Value) -> bool {
+    value.as_f64().is_some_and(|v| (0.0..=1.0).contains(&v))
+}
+
+#[test]
+fn a_tiny_captioner_is_evaluated_on_every_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = train_tiny(&dir.path().join("run"), "cap_pa");
+    let out = dir.path().join("eval");
+    let args = [
+        "eval",
+        "--test",
+        "24",
+        "--pool",
+        "48",
+        "--beam",
+        "2",
+        "--transfer",
+    ];
+    let mut all: Vec<&str> = args.to_vec();
+    all.extend(["--transfer-steps", "15", "--out"]);
+    cappa(&all, &[&out, &checkpoint]);
+    let r = results(&out);
+    assert_eq!(r["model_kind"], "captioner");
+    assert_eq!(r["test_images"], 24);
+    for set in ["shape", "count", "colour", "shape_colour"] {
+        let shots = r["few_shot"][set].as_array().unwrap();
+        assert_eq!(shots.len(), 4);
+        assert!(shots.iter().all(|s| in_unit(&s["mean_accuracy"])));
+        assert!(in_unit(&r["zero_shot"][set]));
+    }
+    assert!(in_unit(&r["retrieval"]["image_to_text"]["r1"]));
+    assert!(in_unit(&r["compositional"]["all"]));
+    for key in ["captioning_greedy", "captioning_beam"] {
+        assert!(r[key]["cider_d"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r[key]["images"], 24);
+    }
+    assert!(r["perplexity"]["perplexity"].as_f64().unwrap() > 1.0);
+    assert!(in_unit(&r["transfer"]["vqa_accuracy"]));
+    for task in [
+        "few_shot",
+        "zero_shot",
+        "retrieval",
+        "compositional",
+        "transfer",
+    ] {
+        assert!(out.join(format!("{task}.json")).is_file(), "{task}.json");
+    }
+}
+
+#[test]
+fn a_tiny_clip_model_is_evaluated_without_captioning() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = train_tiny(&dir.path().join("run"), "clip");
+    let out = cappa(
+        &["eval", "--test", "24", "--pool", "48", "--json"],
+        &[&checkpoint],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["model_kind"], "contrastive");
+    assert!(in_unit(&r["zero_shot"]["shape"]));
+    assert!(in_unit(&r["retrieval"]["text_to_image"]["r10"]));
+    assert!(r["captioning_greedy"].is_null() && r["perplexity"].is_null());
+    assert!(checkpoint.join("eval/results.json").is_file());
+    assert!(in_unit(&r["linear_probe"]["colour"]["test_accuracy"]));
+
+    // The scene world written as files: its SugarCrepe-format compositional sets evaluate too.
+    let data = dir.path().join("synth");
+    cappa(
+        &[
+            "synth",
+            "--samples",
+            "8",
+            "--eval-samples",
+            "16",
+            "--image-size",
+            "32",
+            "--out",
+        ],
+        &[&data],
+    );
+    let attribute = data.join("eval/compositional/attribute_swap.json");
+    let word = data.join("eval/compositional/word_order.json");
+    let out = cappa(
+        &[
+            "eval",
+            "--test",
+            "8",
+            "--pool",
+            "16",
+            "--json",
+            "--image-root",
+        ],
+        &[
+            &data.join("eval/images"),
+            &checkpoint,
+            Path::new("--compositional"),
+            &attribute,
+            &word,
+        ],
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let files = r["compositional_files"].as_object().unwrap();
+    assert_eq!(files.len(), 2);
+    for accuracies in files.values() {
+        assert!(in_unit(&accuracies["all"]));
+    }
+}
+
+#[test]
+fn metrics_and_probes_work_on_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let captions = dir.path().join("captions.json");
+    std::fs::write(
+        &captions,
+        r#"{"1": {"refs": ["a red star", "one red star"], "hyp": "a red star"},
+            "2": {"refs": ["two blue rings"], "hyp": "a blue ring"}}"#,
+    )
+    .unwrap();
+    let json = dir.path().join("scores.json");
+    cappa(&["metrics", "caption"], &[&captions]);
+    cappa(&["metrics", "caption", "--json"], &[&json, &captions]);
+    let scores: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(scores["images"], 2);
+    assert!(in_unit(&scores["bleu_1"]) && in_unit(&scores["rouge_l"]));
+
+    // Features: class c at 3·onehot(c) plus small noise, 4 classes, 10 per class.
+    let labels: Vec<i64> = (0..40).map(|i| i % 4).collect();
+    let y = tch::Tensor::from_slice(&labels);
+    let x = y.one_hot(4).to_kind(tch::Kind::Float) * 3.0
+        + tch::Tensor::randn([40, 4], (tch::Kind::Float, tch::Device::Cpu)) * 0.1;
+    let features = dir.path().join("features.safetensors");
+    tch::Tensor::write_safetensors(
+        &[
+            ("train_features", &x),
+            ("train_labels", &y),
+            ("test_features", &x),
+            ("test_labels", &y),
+        ],
+        &features,
+    )
+    .unwrap();
+    let out_json = dir.path().join("probe.json");
+    cappa(
+        &["probe", "fewshot", "--shots", "1,5", "--json"],
+        &[&out_json, &features],
+    );
+    let probe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert_eq!(probe[1]["mean_accuracy"], 1.0);
+    cappa(&["probe", "linear", "--json"], &[&out_json, &features]);
+    let probe: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
+    assert_eq!(probe["test_accuracy"], 1.0);
+}
