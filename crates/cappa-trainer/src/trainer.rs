@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,8 @@ pub struct TrainerOptions {
     pub device_name: Option<String>,
     pub progress: ProgressMode,
     pub resume: Resume,
+    /// Set from elsewhere (a Ctrl-C handler) to stop after the current step with a checkpoint.
+    pub interrupt: Option<Arc<AtomicBool>>,
 }
 
 impl Default for TrainerOptions {
@@ -78,6 +81,7 @@ impl Default for TrainerOptions {
             device_name: None,
             progress: ProgressMode::Auto,
             resume: Resume::Never,
+            interrupt: None,
         }
     }
 }
@@ -607,8 +611,9 @@ impl Trainer {
         self.run_until(self.total_steps)
     }
 
-    /// Trains until `stop_at` updates (at most the budget), then checkpoints — an interruption
-    /// that a later [`Trainer::start`] with [`Resume::Auto`] continues exactly.
+    /// Trains until `stop_at` updates (at most the budget), or until the interrupt flag of the
+    /// options is set, then checkpoints — an interruption that a later [`Trainer::start`] with
+    /// [`Resume::Auto`] continues exactly.
     pub fn run_until(&mut self, stop_at: u64) -> Result<RunSummary, TrainError> {
         let stop_at = stop_at.min(self.total_steps);
         let started = Instant::now();
@@ -712,6 +717,15 @@ impl Trainer {
             }
             if step.is_multiple_of(self.config.checkpoint_every) && step < stop_at {
                 self.save_checkpoint()?;
+            }
+            if self
+                .options
+                .interrupt
+                .as_ref()
+                .is_some_and(|flag| flag.load(Ordering::Relaxed))
+            {
+                progress.println(&format!("interrupted after step {step}"));
+                break;
             }
         }
         Ok(())

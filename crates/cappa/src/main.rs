@@ -119,6 +119,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(error) if error.downcast_ref::<train::Interrupted>().is_some() => ExitCode::from(130),
         Err(error) => {
             eprintln!("cappa: error: {error:#}");
             if error.downcast_ref::<train::BadConfig>().is_some() {

@@ -1,6 +1,8 @@
 //! `cappa train`: one training run from a JSON experiment config with `--set` overrides.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use anyhow::Result;
 use cappa_trainer::{config, ProgressMode, Resume, Trainer, TrainerOptions, EXPERIMENT_FILE};
@@ -44,6 +46,11 @@ enum ProgressArg {
     Plain,
     Quiet,
 }
+
+/// The run stopped on Ctrl-C with a checkpoint: `main` exits with status 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub(crate) struct Interrupted;
 
 /// A configuration error: `main` exits with status 2 for it.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +96,17 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
             .map(|d| d.name),
         _ => None,
     };
+    // Ctrl-C stops after the current step with a checkpoint; a second one exits at once.
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupt);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    })?;
     let options = TrainerOptions {
+        interrupt: Some(Arc::clone(&interrupt)),
         device,
         device_name,
         progress: match args.progress {
@@ -125,6 +142,16 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         run_dir.display()
     );
     let summary = trainer.run()?;
+    if !summary.finished {
+        eprintln!(
+            "interrupted at step {} of {}; checkpoint {}. Continue with: cappa train --out {} --resume auto",
+            summary.steps,
+            summary.total_steps,
+            summary.checkpoint.display(),
+            run_dir.display()
+        );
+        return Err(Interrupted.into());
+    }
     eprintln!(
         "done: {} steps, {} examples in {:.1} s ({:.0} examples/s), final loss {}, {} bad samples; checkpoint {}",
         summary.steps,

@@ -221,3 +221,41 @@ fn bad_configurations_exit_2_and_write_nothing() {
         assert!(!run_dir.exists(), "{field}: the run directory was created");
     }
 }
+
+#[test]
+fn ctrl_c_stops_with_a_checkpoint_that_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sets = ["objective=cap", "budget.steps=400", "checkpoint_every=1000"];
+    let child = train_command(dir.path(), &sets)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = dir.path().join("metrics.jsonl");
+    let started = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(true, |t| t.lines().count() < 3) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("--resume auto"), "{stderr}");
+    let stopped = logged(dir.path(), "loss").len();
+    assert!(stopped < 400, "the run was not interrupted");
+    let latest = std::fs::read_to_string(dir.path().join("checkpoints/latest")).unwrap();
+    assert_eq!(latest.trim(), format!("step-{stopped:08}"));
+
+    let mut resume = train_command(dir.path(), &[]);
+    resume.args(["--resume", "auto"]);
+    run(resume);
+    assert_eq!(logged(dir.path(), "loss").len(), 400);
+}
