@@ -98,18 +98,10 @@ impl<'a> Evaluable<'a> {
 
     pub fn encoder(&self) -> &'a dyn ImageEncoder {
         match *self {
-            Evaluable::Contrastive(m) => as_encoder_c(m),
-            Evaluable::Captioner(m) => as_encoder_l(m),
+            Evaluable::Contrastive(m) => m,
+            Evaluable::Captioner(m) => m,
         }
     }
-}
-
-fn as_encoder_c(m: &dyn ContrastiveScorer) -> &dyn ImageEncoder {
-    m
-}
-
-fn as_encoder_l(m: &dyn LikelihoodScorer) -> &dyn ImageEncoder {
-    m
 }
 
 impl std::fmt::Debug for dyn ContrastiveScorer + '_ {

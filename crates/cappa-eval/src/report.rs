@@ -104,6 +104,8 @@ pub fn evaluate_scene(
     let train_x = probe_features(encoder, &set.pool.images, batch);
     let test_x = probe_features(encoder, &set.test.images, batch);
     let mut few = BTreeMap::new();
+    let mut linear = BTreeMap::new();
+    let probe_config = LinearProbeConfig::default();
     for (name, train_y) in &set.pool.labels {
         let classes = set.class_names[name].len();
         let test_y = &set.test.labels[name];
@@ -118,25 +120,13 @@ pub fn evaluate_scene(
                 &options.few_shot,
             ),
         );
-    }
-    timed("few_shot", started);
-
-    let started = Instant::now();
-    let mut linear = BTreeMap::new();
-    let probe_config = LinearProbeConfig::default();
-    for (name, train_y) in &set.pool.labels {
         // Too few pool examples per class for a validation split: no linear probe for this set.
-        if !has_validation_split(train_y, probe_config.validation_fraction) {
-            continue;
+        if has_validation_split(train_y, probe_config.validation_fraction) {
+            let probe = linear_probe(&train_x, train_y, &test_x, test_y, classes, &probe_config);
+            linear.insert(name.clone(), probe);
         }
-        let classes = set.class_names[name].len();
-        let test_y = &set.test.labels[name];
-        linear.insert(
-            name.clone(),
-            linear_probe(&train_x, train_y, &test_x, test_y, classes, &probe_config),
-        );
     }
-    timed("linear_probe", started);
+    timed("probes", started);
 
     let started = Instant::now();
     let mut zero = BTreeMap::new();

@@ -144,10 +144,11 @@ fn train_decoder(
         tokenizer.vocab_size() as i64,
         config.seq_len as i64,
         config.width,
-        2 * config.depth,
+        config.depth,
         config.heads,
         4 * config.width,
     );
+    decoder_config.depth = config.depth;
     decoder_config.memory_width = memory_width;
     decoder_config.pad_id = tokenizer.pad_id();
     decoder_config.eos_id = tokenizer.eos_id();

@@ -503,10 +503,7 @@ impl Trainer {
             Model::Clip(clip) => {
                 let image = clip.encode_image(images, true);
                 let text = clip.encode_text(tokens, true);
-                match &clip.logit_bias {
-                    Some(bias) => contrastive_sigmoid_loss(&image, &text, &clip.logit_scale, bias),
-                    None => contrastive_softmax_loss(&image, &text, &clip.logit_scale),
-                }
+                contrastive_loss(clip, &image, &text)
             }
             Model::Cap(cap) => {
                 let decoder = &cap.config().decoder;
@@ -705,7 +702,7 @@ impl Trainer {
             }
             let every = self.config.eval.every;
             if every > 0 && (step.is_multiple_of(every) || step == self.total_steps) {
-                let results = self.evaluate()?;
+                let results = self.evaluate();
                 let mut record = json!({"step": step, "event": "eval"});
                 let mut line = format!("eval at step {step}:");
                 for (key, value) in &results {
@@ -762,7 +759,7 @@ impl Trainer {
     }
 
     /// Validation loss and probes on the held-out batches, then every hook.
-    pub fn evaluate(&mut self) -> Result<Vec<(String, f64)>, TrainError> {
+    pub fn evaluate(&mut self) -> Vec<(String, f64)> {
         let mut results = Vec::new();
         if let Some(validation) = &self.validation {
             results.extend(tch::no_grad(|| self.validate(validation)));
@@ -777,7 +774,7 @@ impl Trainer {
                 Err(message) => eprintln!("evaluation `{}` failed: {message}", hook.name()),
             }
         }
-        Ok(results)
+        results
     }
 
     fn validate(&self, validation: &Validation) -> Vec<(String, f64)> {
@@ -792,13 +789,7 @@ impl Trainer {
                     let encoded = clip.visual.encode_image(&images, false);
                     let image = cappa_models::layers::l2_normalize(&encoded.pooled);
                     let text = clip.encode_text(&tokens, false);
-                    let l = match &clip.logit_bias {
-                        Some(bias) => {
-                            contrastive_sigmoid_loss(&image, &text, &clip.logit_scale, bias)
-                        }
-                        None => contrastive_softmax_loss(&image, &text, &clip.logit_scale),
-                    };
-                    loss += l.double_value(&[]);
+                    loss += contrastive_loss(clip, &image, &text).double_value(&[]);
                     let (i2t, t2i) = in_batch_retrieval_accuracy(&image, &text);
                     a += i2t;
                     b += t2i;
@@ -888,6 +879,14 @@ impl Trainer {
                 .unwrap_or_default(),
             finished: self.state.step >= self.total_steps,
         }
+    }
+}
+
+/// The loss the CLIP model was configured for: sigmoid when it has a logit bias, else softmax.
+fn contrastive_loss(clip: &cappa_models::Clip, image: &Tensor, text: &Tensor) -> Tensor {
+    match &clip.logit_bias {
+        Some(bias) => contrastive_sigmoid_loss(image, text, &clip.logit_scale, bias),
+        None => contrastive_softmax_loss(image, text, &clip.logit_scale),
     }
 }
 

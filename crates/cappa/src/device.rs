@@ -46,6 +46,16 @@ impl fmt::Display for DeviceArg {
 }
 
 impl DeviceArg {
+    /// The device to use on this machine (asks libtorch how many CUDA devices it sees).
+    pub(crate) fn select(self) -> Result<Device> {
+        let visible = if tch::Cuda::is_available() {
+            tch::Cuda::device_count() as usize
+        } else {
+            0
+        };
+        self.resolve(visible)
+    }
+
     /// The device to use, given how many CUDA devices libtorch sees.
     pub(crate) fn resolve(self, cuda_devices: usize) -> Result<Device> {
         match self {

@@ -99,12 +99,7 @@ fn trained_with(dir: &Path) -> Result<TrainedWith> {
 }
 
 pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
-    let visible = if tch::Cuda::is_available() {
-        tch::Cuda::device_count() as usize
-    } else {
-        0
-    };
-    let device = device.resolve(visible)?;
+    let device = device.select()?;
     let (_vs, model, _config) = cappa_models::checkpoint::load(&args.checkpoint, device)?;
     let tokenizer_path = args.checkpoint.join("tokenizer.json");
     let tokenizer = Tokenizer::load(&tokenizer_path)

@@ -83,12 +83,7 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&config.name));
-    let visible = if tch::Cuda::is_available() {
-        tch::Cuda::device_count() as usize
-    } else {
-        0
-    };
-    let device = device.resolve(visible)?;
+    let device = device.select()?;
     let device_name = match device {
         tch::Device::Cuda(index) => crate::cuda::devices()
             .ok()
