@@ -1,6 +1,7 @@
 //! Build script shared by every crate whose executables (binaries, tests, benches) link
-//! libtorch. Referenced from each such crate's `Cargo.toml` as `build = "../../build/rpath.rs"`;
-//! the crate must depend on `torch-sys` directly to receive `DEP_TCH_LIBTORCH_LIB`.
+//! libtorch. Referenced from each such crate's `Cargo.toml` as `build = "../../build/rpath.rs"`
+//! (`"../build/rpath.rs"` from `tests/`); the crate must depend on `torch-sys` directly to
+//! receive `DEP_TCH_LIBTORCH_LIB`.
 //!
 //! - Gives the executables an rpath to the libtorch library directory, so they run without
 //!   `LD_LIBRARY_PATH`.
@@ -10,8 +11,21 @@
 use std::path::Path;
 
 fn main() {
-    println!("cargo:rerun-if-changed=../../build/rpath.rs");
-    println!("cargo:rerun-if-changed=../../Cargo.lock");
+    // The workspace root: the nearest directory above the package with a Cargo.lock.
+    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
+    let root = Path::new(&manifest_dir)
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").is_file())
+        .unwrap_or(Path::new(&manifest_dir))
+        .to_path_buf();
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("build/rpath.rs").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("Cargo.lock").display()
+    );
     let lib_dir = std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default();
     if !lib_dir.is_empty() {
         println!("cargo:rustc-link-arg=-Wl,-rpath,{lib_dir}");
@@ -19,9 +33,7 @@ fn main() {
     let libtorch_version =
         libtorch_version(Path::new(&lib_dir)).unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=CAPPA_LIBTORCH_VERSION={libtorch_version}");
-    let manifest_dir = std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default();
-    let lock = Path::new(&manifest_dir).join("../../Cargo.lock");
-    let tch_version = std::fs::read_to_string(lock)
+    let tch_version = std::fs::read_to_string(root.join("Cargo.lock"))
         .ok()
         .and_then(|lock| locked_version(&lock, "tch"))
         .unwrap_or_else(|| "unknown".into());

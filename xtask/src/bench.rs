@@ -76,6 +76,97 @@ impl Row {
     }
 }
 
+/// Every benchmark in turn, then `target/bench/summary.{md,json}` with each figure and its
+/// ratio to the reference.
+pub(crate) fn run_all(root: &Path, libtorch: &Libtorch) -> Result<()> {
+    let all = [Which::Data, Which::Models, Which::Train, Which::Eval];
+    for which in all {
+        eprintln!("xtask: bench {}", section(which));
+        run(which, root, libtorch)?;
+    }
+    let out_dir = root.join("target").join("bench");
+    let mut sections = Vec::new();
+    for which in all {
+        let path = out_dir.join(format!("{}.json", section(which)));
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let rows: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        sections.push((section(which), rows));
+    }
+    let (json, md) = summary(&sections);
+    std::fs::write(
+        out_dir.join("summary.json"),
+        serde_json::to_string_pretty(&json)? + "\n",
+    )?;
+    std::fs::write(out_dir.join("summary.md"), &md)?;
+    println!("{md}");
+    println!(
+        "wrote {} and {}",
+        out_dir.join("summary.md").display(),
+        out_dir.join("summary.json").display()
+    );
+    Ok(())
+}
+
+fn section(which: Which) -> &'static str {
+    match which {
+        Which::Models => "models",
+        Which::Data => "data",
+        Which::Train => "train",
+        Which::Eval => "eval",
+    }
+}
+
+/// The summary of every benchmark's rows: JSON `{sections: [{name, rows}], met, not_met}` and
+/// a Markdown table with one line per figure.
+fn summary(sections: &[(&str, Value)]) -> (Value, String) {
+    let mut md = String::from(
+        "# cappa benchmarks\n\nEach figure next to its reference (PyTorch eager or \
+         Pillow + torchvision on the same machine and libtorch) and the ratio cappa / reference; \
+         evaluation throughput has no reference.\n\n\
+         | section | benchmark | cappa | reference | unit | ratio | target |\n\
+         |---|---|---:|---:|---|---:|---|\n",
+    );
+    let (mut met, mut not_met) = (0, 0);
+    for (name, rows) in sections {
+        for row in rows.as_array().into_iter().flatten() {
+            let number = |key: &str| {
+                row[key]
+                    .as_f64()
+                    .map_or("–".to_string(), |v| format!("{v:.3}"))
+            };
+            let target = match row["met"].as_bool() {
+                Some(true) => {
+                    met += 1;
+                    format!("{} (met)", row["target"].as_str().unwrap_or(""))
+                }
+                Some(false) => {
+                    not_met += 1;
+                    format!("{} (NOT met)", row["target"].as_str().unwrap_or(""))
+                }
+                None => "–".to_string(),
+            };
+            let _ = writeln!(
+                md,
+                "| {name} | {} | {} | {} | {} | {} | {target} |",
+                row["name"].as_str().unwrap_or("?"),
+                number("ours"),
+                number("reference"),
+                row["unit"].as_str().unwrap_or(""),
+                number("ratio"),
+            );
+        }
+    }
+    let _ = writeln!(md, "\n{met} targets met, {not_met} not met.");
+    let json = json!({
+        "sections": sections.iter().map(|(n, rows)| json!({"name": n, "rows": rows})).collect::<Vec<_>>(),
+        "met": met,
+        "not_met": not_met,
+    });
+    (json, md)
+}
+
 pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> {
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
@@ -363,6 +454,31 @@ fn write_outputs(out_dir: &Path, name: &str, rows: &[Row]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_lists_every_row_and_counts_targets() {
+        let train = json!([
+            {"name": "step", "ours": 8.0, "reference": 10.0, "unit": "ms", "ratio": 0.8,
+             "target": "≤ 0.85", "met": true},
+            {"name": "small step", "ours": 11.0, "reference": 10.0, "unit": "ms", "ratio": 1.1,
+             "target": "≤ 1.00", "met": false},
+        ]);
+        let eval = json!([{"name": "captions", "ours": 100.0, "unit": "captions/s"}]);
+        let (value, md) = summary(&[("train", train), ("eval", eval)]);
+        assert_eq!(
+            (value["met"].as_u64(), value["not_met"].as_u64()),
+            (Some(1), Some(1))
+        );
+        assert!(
+            md.contains("| train | step | 8.000 | 10.000 | ms | 0.800 | ≤ 0.85 (met) |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| train | small step | 11.000 | 10.000 | ms | 1.100 | ≤ 1.00 (NOT met) |")
+        );
+        assert!(md.contains("| eval | captions | 100.000 | – | captions/s | – | – |"));
+        assert!(md.contains("1 targets met, 1 not met."));
+    }
 
     #[test]
     fn goals_compare_the_ratio_in_the_right_direction() {

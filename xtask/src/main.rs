@@ -8,6 +8,9 @@
 //! cargo xtask setup                 # find or install libtorch; a second run is instant
 //! cargo xtask test [ARGS…]          # fmt --check, clippy -D warnings, cargo test --workspace ARGS…
 //! cargo xtask run -- info --json    # build the `cappa` binary (release) and run it
+//! cargo xtask compare [ARGS…]       # the main job: cappa compare (release build)
+//! cargo xtask scale [ARGS…]         # cappa scale: size × examples × caption-noise sweeps
+//! cargo xtask bench                 # every benchmark → target/bench/summary.{md,json}
 //! cargo xtask bench models          # cappa vs PyTorch eager → target/bench/models.{json,md}
 //! eval "$(cargo xtask env)"         # export the same environment for plain cargo
 //! ```
@@ -47,10 +50,22 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
-    /// Run benchmarks next to their references and write target/bench/NAME.{json,md}.
+    /// Train CLIP, Cap and CapPa at matched compute and compare them on every task (the main
+    /// job): `cappa compare ARGS…` from a release build; the report is in runs/NAME/.
+    Compare {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Sweep model size × examples seen × caption noise: `cappa scale ARGS…` (release build).
+    Scale {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Run benchmarks next to their references and write target/bench/NAME.{json,md}; without
+    /// a name, all of them and target/bench/summary.{md,json}.
     Bench {
         #[command(subcommand)]
-        which: bench::Which,
+        which: Option<bench::Which>,
     },
     /// Print shell `export` lines that let plain `cargo` build against the provisioned libtorch.
     Env,
@@ -119,19 +134,28 @@ fn run(task: Task) -> Result<ExitCode> {
             if code != 0 {
                 return Ok(exit_code(code));
             }
-            bench::run(which, &root, &libtorch)?;
+            match which {
+                Some(which) => bench::run(which, &root, &libtorch)?,
+                None => bench::run_all(&root, &libtorch)?,
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Task::Run { args } => {
-            let libtorch = libtorch::setup(Verbosity::Quiet)?;
-            let cargo_args = [
-                os_args(&["run", "--quiet", "--release", "--package", "cappa", "--"]),
-                args,
-            ]
-            .concat();
-            Ok(exit_code(cargo(&root, &libtorch, &cargo_args)?))
-        }
+        Task::Run { args } => run_cappa(&root, &[], args),
+        Task::Compare { args } => run_cappa(&root, &["compare"], args),
+        Task::Scale { args } => run_cappa(&root, &["scale"], args),
     }
+}
+
+/// Builds the `cappa` binary (release) and runs `cappa SUBCOMMAND… ARGS…`.
+fn run_cappa(root: &Path, subcommand: &[&str], args: Vec<OsString>) -> Result<ExitCode> {
+    let libtorch = libtorch::setup(Verbosity::Quiet)?;
+    let cargo_args = [
+        os_args(&["run", "--quiet", "--release", "--package", "cappa", "--"]),
+        os_args(subcommand),
+        args,
+    ]
+    .concat();
+    Ok(exit_code(cargo(root, &libtorch, &cargo_args)?))
 }
 
 /// Whether [`libtorch::setup`] prints what it found when nothing had to be installed.

@@ -7,6 +7,7 @@
 use tch::nn::VarStore;
 
 use crate::cap::CapConfig;
+use crate::checkpoint::ModelConfig;
 use crate::clip::ClipConfig;
 use crate::decoder::DecoderConfig;
 use crate::text::TextConfig;
@@ -93,6 +94,16 @@ impl CapConfig {
             + self
                 .decoder
                 .forward_flops(seq_len, self.vision.num_patches())
+    }
+}
+
+impl ModelConfig {
+    /// Forward FLOPs per image–caption pair of either kind of model.
+    pub fn forward_flops(&self) -> f64 {
+        match self {
+            ModelConfig::Clip(c) => c.forward_flops(),
+            ModelConfig::Cap(c) => c.forward_flops(),
+        }
     }
 }
 

@@ -22,7 +22,7 @@ use cappa_objectives::{
 };
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -135,7 +135,7 @@ pub trait EvalHook {
 }
 
 /// What a finished (or interrupted) run reports; also written to `summary.json` at the end.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
     pub name: String,
     pub objective: Objective,
@@ -278,10 +278,7 @@ impl Trainer {
             (None, None) => train_tokenizer(&config)?,
         };
         let model_config = config.model_config(tokenizer.vocab_size() as i64)?;
-        let flops_per_example = train_flops(match &model_config {
-            ModelConfig::Clip(c) => c.forward_flops(),
-            ModelConfig::Cap(c) => c.forward_flops(),
-        });
+        let flops_per_example = train_flops(model_config.forward_flops());
         let total_steps = config.total_steps(flops_per_example)?;
 
         // Everything is checked: from here on the run directory is written.

@@ -75,6 +75,17 @@ impl DeviceArg {
 }
 
 /// How a resolved device is written in reports: `cpu` or `cuda:N`.
+/// The CUDA device's name (for the MFU estimate's peak FLOP/s); `None` on the CPU.
+pub(crate) fn accelerator_name(device: Device) -> Option<String> {
+    match device {
+        Device::Cuda(index) => crate::cuda::devices()
+            .ok()
+            .and_then(|devices| devices.into_iter().find(|d| d.index == index))
+            .map(|d| d.name),
+        _ => None,
+    }
+}
+
 pub(crate) fn device_name(device: Device) -> String {
     match device {
         Device::Cuda(index) => format!("cuda:{index}"),

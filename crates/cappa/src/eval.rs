@@ -4,18 +4,15 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use cappa::evaluate::{EvalPlan, LoadedCheckpoint};
 use cappa_data::pipeline::Normalize;
-use cappa_data::scene::{SceneConfig, SceneWorld};
 use cappa_data::tokenizer::Tokenizer;
 use cappa_eval::caption_metrics::{read_caption_file, score_captions, CaptionItem};
 use cappa_eval::model::Evaluable;
 use cappa_eval::probe::{
     few_shot, has_validation_split, linear_probe, load_features, FewShotConfig, LinearProbeConfig,
 };
-use cappa_eval::report::{evaluate_scene, write_report, EvalOptions};
-use cappa_eval::scene::{SceneEvalSet, SceneEvalSizes};
-use cappa_eval::transfer::TransferConfig;
-use serde_json::Value;
+use cappa_eval::report::write_report;
 
 use crate::device::DeviceArg;
 
@@ -56,73 +53,19 @@ pub(crate) struct EvalArgs {
     json: bool,
 }
 
-/// What a checkpoint was trained with, from its `experiment.json` (defaults otherwise).
-struct TrainedWith {
-    scene: SceneConfig,
-    seq_len: usize,
-    normalize: Normalize,
-    seed: u64,
-}
-
-fn trained_with(dir: &Path) -> Result<TrainedWith> {
-    let path = dir.join("experiment.json");
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!(
-            "note: {} not found; evaluating with the default scene world, 24-token captions and \
-             [-1, 1] pixels",
-            path.display()
-        );
-        return Ok(TrainedWith {
-            scene: SceneConfig::default(),
-            seq_len: 24,
-            normalize: Normalize::MinusOneToOne,
-            seed: 0,
-        });
-    };
-    let value: Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let data = &value["data"];
-    let field = |name: &str| -> Result<Value> {
-        data.get(name)
-            .cloned()
-            .with_context(|| format!("{}: no data.{name}", path.display()))
-    };
-    Ok(TrainedWith {
-        scene: serde_json::from_value(field("scene")?)
-            .with_context(|| format!("{}: data.scene", path.display()))?,
-        seq_len: serde_json::from_value(field("seq_len")?)
-            .with_context(|| format!("{}: data.seq_len", path.display()))?,
-        normalize: serde_json::from_value(field("normalize")?)
-            .with_context(|| format!("{}: data.normalize", path.display()))?,
-        seed: value["seed"].as_u64().unwrap_or(0),
-    })
-}
-
 pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
     let device = device.select()?;
-    let (_vs, model, _config) = cappa_models::checkpoint::load(&args.checkpoint, device)?;
-    let tokenizer_path = args.checkpoint.join("tokenizer.json");
-    let tokenizer = Tokenizer::load(&tokenizer_path)
-        .with_context(|| format!("loading {}", tokenizer_path.display()))?;
-    let with = trained_with(&args.checkpoint)?;
-    let world = SceneWorld::eval(with.scene, with.seed)?;
-    let evaluable = Evaluable::of(&model);
-    let image_size = evaluable.encoder().image_size();
-    let sizes = SceneEvalSizes {
+    let loaded = LoadedCheckpoint::load(&args.checkpoint, device)?;
+    let plan = EvalPlan {
         test: args.test,
         pool: args.pool,
+        beam: args.beam,
+        transfer: args.transfer,
+        transfer_steps: args.transfer_steps,
     };
-    let set = SceneEvalSet::build(&world, sizes, image_size, with.normalize);
-    let mut options = EvalOptions::new(with.seq_len);
-    options.beam_size = args.beam;
-    if args.transfer {
-        options.transfer = Some(TransferConfig {
-            steps: args.transfer_steps,
-            seq_len: with.seq_len.max(24),
-            ..TransferConfig::default()
-        });
-    }
-    let mut report = evaluate_scene(evaluable, &tokenizer, &set, &options);
+    let mut report = loaded.evaluate_scene(&plan)?;
+    let (evaluable, tokenizer, with) =
+        (loaded.evaluable(), &loaded.tokenizer, &loaded.trained_with);
     if !args.compositional.is_empty() {
         let root = args.image_root.as_deref().context(
             "--compositional needs --image-root, the directory its image file names are relative to",
@@ -130,7 +73,7 @@ pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
         for file in &args.compositional {
             let (name, accuracy) = compositional_file(
                 evaluable,
-                &tokenizer,
+                tokenizer,
                 file,
                 root,
                 with.seq_len,

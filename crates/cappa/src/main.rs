@@ -9,6 +9,8 @@
 //! cappa synth --out DIR --samples N      # the scene world as webdataset shards + eval sets
 //! cappa train --config exp.json --set optim.lr=3e-4 [--resume auto]  # one training run
 //! cappa eval runs/NAME/checkpoints/step-00000200 [--transfer]  # every scene-world task
+//! cappa compare [--preset default|cpu-quick|test|FILE] [--seeds 3]  # CLIP vs Cap vs CapPa
+//! cappa scale [--preset default|test|FILE]  # model size × examples × caption noise
 //! cappa metrics caption captions.json    # BLEU, ROUGE-L, CIDEr-D as pycocoevalcap
 //! cappa probe fewshot features.safetensors --shots 1,5,10,25   # probes on any features
 //! cappa --device cuda:1 --threads 8 …    # global flags every subcommand honours
@@ -17,6 +19,7 @@
 //! Run it through `cargo xtask run -- ARGS…`, which provisions libtorch first.
 
 mod bench;
+mod compare;
 mod cuda;
 mod data;
 mod device;
@@ -80,6 +83,12 @@ enum Command {
     /// Evaluate a checkpoint on every scene-world task (few-shot, zero-shot, retrieval,
     /// compositional, captioning, perplexity, optionally frozen-encoder transfer).
     Eval(eval::EvalArgs),
+    /// Train CLIP, Cap and CapPa at matched compute, evaluate every encoder on every task and
+    /// write runs/NAME/{report.md,results.json,plots/}; a rerun reuses finished stages.
+    Compare(compare::CompareArgs),
+    /// Sweep model size × examples seen (and caption noise) for each objective and plot each
+    /// task against training compute.
+    Scale(compare::ScaleArgs),
     /// Metrics for anyone's outputs.
     #[command(subcommand)]
     Metrics(eval::MetricsCommand),
@@ -119,10 +128,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(error) if error.downcast_ref::<train::Interrupted>().is_some() => ExitCode::from(130),
+        Err(error)
+            if error.downcast_ref::<train::Interrupted>().is_some()
+                || error
+                    .downcast_ref::<cappa::experiment::Interrupted>()
+                    .is_some() =>
+        {
+            ExitCode::from(130)
+        }
         Err(error) => {
             eprintln!("cappa: error: {error:#}");
-            if error.downcast_ref::<train::BadConfig>().is_some() {
+            if error.downcast_ref::<train::BadConfig>().is_some()
+                || error
+                    .downcast_ref::<cappa::experiment::PresetError>()
+                    .is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::FAILURE
@@ -152,6 +172,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Data(command) => data::run(command)?,
         Command::Train(args) => train::run(&args, cli.global.device)?,
         Command::Eval(args) => eval::eval(&args, cli.global.device)?,
+        Command::Compare(args) => compare::compare(&args, cli.global.device)?,
+        Command::Scale(args) => compare::scale(&args, cli.global.device)?,
         Command::Metrics(command) => eval::metrics(&command)?,
         Command::Probe(args) => eval::probe(&args)?,
         Command::Synth(args) => data::synth(&args, cli.global.seed)?,

@@ -41,10 +41,20 @@ enum ResumeArg {
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum ProgressArg {
+pub(crate) enum ProgressArg {
     Auto,
     Plain,
     Quiet,
+}
+
+impl ProgressArg {
+    pub(crate) fn mode(self) -> ProgressMode {
+        match self {
+            ProgressArg::Auto => ProgressMode::Auto,
+            ProgressArg::Plain => ProgressMode::Plain,
+            ProgressArg::Quiet => ProgressMode::Quiet,
+        }
+    }
 }
 
 /// The run stopped on Ctrl-C with a checkpoint: `main` exits with status 130.
@@ -56,6 +66,20 @@ pub(crate) struct Interrupted;
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub(crate) struct BadConfig(pub(crate) String);
+
+/// A flag that Ctrl-C sets: training stops after the current step with a checkpoint; a
+/// second Ctrl-C exits at once.
+pub(crate) fn interrupt_on_ctrl_c() -> Result<Arc<AtomicBool>> {
+    let interrupt = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupt);
+    ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
+    })?;
+    Ok(interrupt)
+}
 
 fn bad_config(error: impl std::fmt::Display) -> anyhow::Error {
     BadConfig(error.to_string()).into()
@@ -84,31 +108,13 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&config.name));
     let device = device.select()?;
-    let device_name = match device {
-        tch::Device::Cuda(index) => crate::cuda::devices()
-            .ok()
-            .and_then(|devices| devices.into_iter().find(|d| d.index == index))
-            .map(|d| d.name),
-        _ => None,
-    };
-    // Ctrl-C stops after the current step with a checkpoint; a second one exits at once.
-    let interrupt = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&interrupt);
-    ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to quit at once)");
-    })?;
+    let device_name = crate::device::accelerator_name(device);
+    let interrupt = interrupt_on_ctrl_c()?;
     let options = TrainerOptions {
         interrupt: Some(Arc::clone(&interrupt)),
         device,
         device_name,
-        progress: match args.progress {
-            ProgressArg::Auto => ProgressMode::Auto,
-            ProgressArg::Plain => ProgressMode::Plain,
-            ProgressArg::Quiet => ProgressMode::Quiet,
-        },
+        progress: args.progress.mode(),
         resume: if resume { Resume::Auto } else { Resume::Never },
     };
     let mut trainer = Trainer::start(config, &run_dir, options).map_err(|e| {

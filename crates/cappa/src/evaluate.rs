@@ -1,0 +1,175 @@
+//! Evaluating a trainer checkpoint on the scene world's held-out split: what `cappa eval`
+//! and the experiments share.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use cappa_data::pipeline::Normalize;
+use cappa_data::scene::{SceneConfig, SceneWorld};
+use cappa_data::tokenizer::Tokenizer;
+use cappa_eval::model::Evaluable;
+use cappa_eval::report::{evaluate_scene, EvalOptions, EvalReport};
+use cappa_eval::scene::{SceneEvalSet, SceneEvalSizes};
+use cappa_eval::transfer::TransferConfig;
+use cappa_models::Model;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tch::nn::VarStore;
+use tch::Device;
+
+/// Which evaluations to run and on how many held-out images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalPlan {
+    /// Held-out test images.
+    pub test: u64,
+    /// Held-out images for the few-shot pool and transfer training.
+    pub pool: u64,
+    /// Beam size of a second captioning pass (captioners; 1 = greedy only).
+    pub beam: i64,
+    /// Train and evaluate the frozen-encoder transfer decoders (captioning, VQA).
+    pub transfer: bool,
+    /// Transfer decoder training steps.
+    pub transfer_steps: usize,
+}
+
+impl Default for EvalPlan {
+    fn default() -> Self {
+        EvalPlan {
+            test: 200,
+            pool: 400,
+            beam: 1,
+            transfer: false,
+            transfer_steps: 300,
+        }
+    }
+}
+
+/// What a checkpoint was trained with, from its `experiment.json` (defaults otherwise).
+#[derive(Debug, Clone)]
+pub struct TrainedWith {
+    pub scene: SceneConfig,
+    pub seq_len: usize,
+    pub normalize: Normalize,
+    pub seed: u64,
+}
+
+impl TrainedWith {
+    /// Reads `DIR/experiment.json`; without one, the default world, 24-token captions and
+    /// [-1, 1] pixels (said on stderr).
+    pub fn read(dir: &Path) -> Result<Self> {
+        let path = dir.join("experiment.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            eprintln!(
+                "note: {} not found; evaluating with the default scene world, 24-token captions \
+                 and [-1, 1] pixels",
+                path.display()
+            );
+            return Ok(TrainedWith {
+                scene: SceneConfig::default(),
+                seq_len: 24,
+                normalize: Normalize::MinusOneToOne,
+                seed: 0,
+            });
+        };
+        let value: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not JSON", path.display()))?;
+        fn field<T: serde::de::DeserializeOwned>(
+            value: &Value,
+            name: &str,
+            path: &Path,
+        ) -> Result<T> {
+            let v = value["data"]
+                .get(name)
+                .cloned()
+                .with_context(|| format!("{}: no data.{name}", path.display()))?;
+            serde_json::from_value(v).with_context(|| format!("{}: data.{name}", path.display()))
+        }
+        Ok(TrainedWith {
+            scene: field(&value, "scene", &path)?,
+            seq_len: field(&value, "seq_len", &path)?,
+            normalize: field(&value, "normalize", &path)?,
+            seed: value["seed"].as_u64().unwrap_or(0),
+        })
+    }
+}
+
+/// A trainer (or any) checkpoint loaded for evaluation: the model, its tokenizer and what it
+/// was trained with.
+pub struct LoadedCheckpoint {
+    _vs: VarStore,
+    pub model: Model,
+    pub tokenizer: Tokenizer,
+    pub trained_with: TrainedWith,
+    pub dir: PathBuf,
+}
+
+impl std::fmt::Debug for LoadedCheckpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedCheckpoint")
+            .field("dir", &self.dir)
+            .field("trained_with", &self.trained_with)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedCheckpoint {
+    /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`, optionally
+    /// `experiment.json`) onto `device`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let (vs, model, _config) = cappa_models::checkpoint::load(dir, device)
+            .with_context(|| format!("loading the checkpoint {}", dir.display()))?;
+        let tokenizer_path = dir.join("tokenizer.json");
+        let tokenizer = Tokenizer::load(&tokenizer_path)
+            .with_context(|| format!("loading {}", tokenizer_path.display()))?;
+        Ok(LoadedCheckpoint {
+            _vs: vs,
+            model,
+            tokenizer,
+            trained_with: TrainedWith::read(dir)?,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn evaluable(&self) -> Evaluable<'_> {
+        Evaluable::of(&self.model)
+    }
+
+    /// The held-out evaluation sets of the world the model was trained on.
+    pub fn scene_set(&self, plan: &EvalPlan) -> Result<SceneEvalSet> {
+        let with = &self.trained_with;
+        let world = SceneWorld::eval(with.scene.clone(), with.seed)?;
+        let sizes = SceneEvalSizes {
+            test: plan.test,
+            pool: plan.pool,
+        };
+        let image_size = self.evaluable().encoder().image_size();
+        Ok(SceneEvalSet::build(
+            &world,
+            sizes,
+            image_size,
+            with.normalize,
+        ))
+    }
+
+    /// Every scene-world task of `plan`.
+    pub fn evaluate_scene(&self, plan: &EvalPlan) -> Result<EvalReport> {
+        let set = self.scene_set(plan)?;
+        let seq_len = self.trained_with.seq_len;
+        let mut options = EvalOptions::new(seq_len);
+        options.beam_size = plan.beam;
+        if plan.transfer {
+            options.transfer = Some(TransferConfig {
+                steps: plan.transfer_steps,
+                seq_len: seq_len.max(24),
+                ..TransferConfig::default()
+            });
+        }
+        Ok(evaluate_scene(
+            self.evaluable(),
+            &self.tokenizer,
+            &set,
+            &options,
+        ))
+    }
+}

@@ -1,0 +1,17 @@
+//! The experiments of cappa, as a library: evaluating checkpoints, `compare` (CLIP, Cap and
+//! CapPa trained at matched compute, then evaluated on every task) and `scale` (sweeps over
+//! model size, examples seen and caption quality), with their reports: Markdown, JSON and PNG
+//! plots. The `cappa` binary is a thin command line over this crate.
+//!
+//! ```no_run
+//! use cappa::experiment::{compare, CompareOptions, Preset};
+//!
+//! let preset = Preset::named("cpu-quick").expect("a built-in preset");
+//! let options = CompareOptions::new("runs/quick".into(), tch::Device::Cpu);
+//! let results = compare(&preset, &options).expect("the comparison runs");
+//! println!("{}", results.table_markdown());
+//! ```
+
+pub mod evaluate;
+pub mod experiment;
+pub mod plots;
