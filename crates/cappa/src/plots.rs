@@ -208,11 +208,13 @@ pub struct BarGroup {
     pub values: Vec<Option<(f64, f64)>>,
 }
 
-/// Grouped bars (one bar per series in each group) with error bars of ± spread.
+/// Grouped bars (one bar per series in each group) with error bars of ± spread; series `s`
+/// is drawn in [`series_colour`]`(colours[s])`.
 pub fn grouped_bars(
     path: &Path,
     title: &str,
     series: &[String],
+    colours: &[usize],
     groups: &[BarGroup],
     y_label: &str,
 ) -> Result<()> {
@@ -243,7 +245,7 @@ pub fn grouped_bars(
         let n = series.len().max(1) as f64;
         let bar = 0.8 / n;
         for (s, name) in series.iter().enumerate() {
-            let colour = series_colour(s);
+            let colour = series_colour(colours.get(s).copied().unwrap_or(s));
             let bars: Vec<(f64, f64, f64)> = groups
                 .iter()
                 .enumerate()
@@ -412,7 +414,7 @@ mod tests {
                 values: vec![Some((0.5, 0.1)), None],
             },
         ];
-        grouped_bars(&bars, "results", &series, &groups, "accuracy").expect("draws");
+        grouped_bars(&bars, "results", &series, &[0, 1], &groups, "accuracy").expect("draws");
         let image = decode(&bars);
         let has = |c: RGBColor| image.pixels().any(|p| p.0 == [c.0, c.1, c.2]);
         assert!(has(series_colour(0)) && has(series_colour(1)));

@@ -31,8 +31,8 @@ pub use preset::{
     PresetError, COMPARE_PRESETS,
 };
 pub use results::{
-    objective_label, objective_name_label, CompareResults, Finding, GroupWinner, MetricRow,
-    ModelRow, Spread, TABLE_SHOTS,
+    objective_colour, objective_label, objective_name_label, CompareResults, Finding, GroupWinner,
+    MetricRow, ModelRow, Spread, TABLE_SHOTS,
 };
 pub use scale::{scale, ScaleModel, ScalePoint, ScalePreset, ScaleResults, SCALE_PRESETS};
 

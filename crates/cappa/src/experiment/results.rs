@@ -29,6 +29,16 @@ pub fn objective_label(objective: Objective) -> &'static str {
     }
 }
 
+/// The plot colour of an objective, the same in every plot: CLIP, Cap, CapPa, SigLIP.
+pub fn objective_colour(objective: Objective) -> usize {
+    match objective {
+        Objective::Clip => 0,
+        Objective::Cap => 1,
+        Objective::CapPa => 2,
+        Objective::Sigmoid => 3,
+    }
+}
+
 /// The display name of an objective given by its config name (`cap_pa` → `CapPa`).
 pub fn objective_name_label(name: &str) -> String {
     serde_json::from_value::<Objective>(Value::String(name.to_string()))
@@ -250,7 +260,11 @@ fn group_means(
     objectives: &[String],
 ) -> BTreeMap<String, BTreeMap<String, (f64, f64)>> {
     let mut sums: BTreeMap<String, BTreeMap<String, (f64, f64, usize)>> = BTreeMap::new();
-    for row in metrics.iter().filter(|r| r.in_table) {
+    // `compositional/all` summarises the kinds' rows: counting it too would weigh them twice.
+    for row in metrics
+        .iter()
+        .filter(|r| r.in_table && r.id != "compositional/all")
+    {
         // A group's mean is over the rows every compared objective has.
         let present: Vec<&String> = objectives
             .iter()
@@ -370,8 +384,10 @@ impl CompareResults {
             .collect();
 
         let groups = group_means(&metrics, &objectives);
-        let winners = groups
-            .iter()
+        let mut ordered: Vec<_> = groups.iter().collect();
+        ordered.sort_by_key(|(group, _)| group_rank(group.as_str()));
+        let winners = ordered
+            .into_iter()
             .map(|(group, by)| {
                 let mut ranked: Vec<(&String, &(f64, f64))> = by.iter().collect();
                 ranked.sort_by(|a, b| b.1 .0.total_cmp(&a.1 .0));
@@ -529,10 +545,10 @@ impl CompareResults {
                 "- {}: **{}** {} (mean of the group's rows: {})",
                 w.group,
                 self.label(&w.best),
-                if w.clear {
-                    "leads"
-                } else {
-                    "leads within the seed spread"
+                match (w.clear, seeds > 1) {
+                    (true, _) => "leads",
+                    (false, true) => "leads within the seed spread",
+                    (false, false) => "leads by less than 0.01",
                 },
                 means.join(", ")
             );
@@ -566,6 +582,14 @@ impl CompareResults {
         let plots_dir = dir.join("plots");
         let mut written = Vec::new();
         let labels: Vec<String> = self.objectives.iter().map(|o| self.label(o)).collect();
+        let colours: Vec<usize> = self
+            .objectives
+            .iter()
+            .map(|o| {
+                serde_json::from_value::<Objective>(Value::String(o.clone()))
+                    .map_or(0, objective_colour)
+            })
+            .collect();
 
         // Training loss against examples seen, one panel per objective, one line per seed.
         let panels: Vec<Panel> = self
@@ -624,6 +648,7 @@ impl CompareResults {
             &plots_dir.join("results.png"),
             &format!("Results by task{spread}"),
             &labels,
+            &colours,
             &groups,
             "accuracy / recall",
         )?;
@@ -633,6 +658,7 @@ impl CompareResults {
             &plots_dir.join("compositional.png"),
             &format!("Compositional accuracy by negative type{spread}"),
             &labels,
+            &colours,
             &groups,
             "preference accuracy",
         )?;

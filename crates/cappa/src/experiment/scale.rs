@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::preset::read_named;
-use super::results::{metrics_of, objective_label, objective_name_label};
+use super::results::{metrics_of, objective_colour, objective_label, objective_name_label};
 use super::{
     merge_config, minutes, plan_runs, run_stages, write_atomically, write_json_atomically,
     CompareOptions, PresetError, RunSet,
@@ -237,7 +237,7 @@ impl ScaleResults {
             .map(|metric| {
                 let is_accuracy = !metric.contains("CIDEr");
                 let mut lines = Vec::new();
-                for (o, objective) in preset.objectives.iter().enumerate() {
+                for objective in &preset.objectives {
                     for model in &preset.models {
                         let points: Vec<(f64, f64)> = self
                             .points
@@ -255,7 +255,7 @@ impl ScaleResults {
                         if !points.is_empty() {
                             lines.push(Line {
                                 name: format!("{} {}", objective_label(*objective), model.name),
-                                colour: o,
+                                colour: objective_colour(*objective),
                                 points,
                             });
                         }
@@ -290,10 +290,9 @@ impl ScaleResults {
                     lines: preset
                         .objectives
                         .iter()
-                        .enumerate()
-                        .map(|(o, objective)| Line {
+                        .map(|objective| Line {
                             name: objective_label(*objective).into(),
-                            colour: o,
+                            colour: objective_colour(*objective),
                             points: self
                                 .points
                                 .iter()
