@@ -89,6 +89,11 @@ PRESETS = {
     "small": Preset(image=64, patch=8, width=192, depth=6, heads=3, mlp=768,
                     vocab=512, text_len=32, text_depth=6, text_heads=3, embed=192,
                     dec_depth=3, dec_heads=3, dec_mlp=768, max_len=64, batch=32, timed_steps=8),
+    # ViT-B/16 at 224 (cappa's `b16`): CLIP text tower 12 × 768, Cap decoder 6 × 768. The vocabulary
+    # is the one cappa's throughput bench reports (--vocab), for identical models.
+    "b16": Preset(image=224, patch=16, width=768, depth=12, heads=12, mlp=3072,
+                  vocab=512, text_len=64, text_depth=12, text_heads=12, embed=768,
+                  dec_depth=6, dec_heads=12, dec_mlp=3072, max_len=64, batch=256, timed_steps=20),
 }
 
 

@@ -190,8 +190,24 @@ pub(crate) enum Libtorch {
 }
 
 impl Libtorch {
-    /// Variables to set (`Some`) or remove (`None`) for cargo so that `torch-sys` finds libtorch.
+    /// Variables to set (`Some`) or remove (`None`) for cargo so that `torch-sys` finds
+    /// libtorch, plus which optional headers `cappa-torch-ext` finds (see [`crate::native`]) and
+    /// the Python with torch (`CAPPA_PYTHON`, for tests that run torchrun).
     pub(crate) fn cargo_env(&self) -> Vec<(&'static str, Option<OsString>)> {
+        let mut env = self.libtorch_env();
+        env.push((
+            "CAPPA_TORCH_EXT_HEADERS",
+            Some(crate::native::fingerprint(self).into()),
+        ));
+        let python = match self {
+            Libtorch::Python { torch, .. } => Some(torch.python.clone().into_os_string()),
+            Libtorch::Dir(_) => None,
+        };
+        env.push(("CAPPA_PYTHON", python));
+        env
+    }
+
+    fn libtorch_env(&self) -> Vec<(&'static str, Option<OsString>)> {
         match self {
             Libtorch::Dir(path) => vec![
                 ("LIBTORCH", Some(path.clone().into_os_string())),
@@ -271,12 +287,14 @@ pub(crate) fn setup(verbosity: Verbosity) -> Result<Libtorch> {
                 venv: Some(venv_dir),
             };
             eprintln!("xtask: installed {}", found.describe());
+            crate::native::provision(&found);
             return Ok(found);
         }
     };
     if verbosity == Verbosity::Report {
         eprintln!("xtask: found an existing libtorch, nothing to install");
     }
+    crate::native::provision(&found);
     Ok(found)
 }
 

@@ -5,18 +5,20 @@
 //! runs cargo with the environment that `torch-sys` needs:
 //!
 //! ```text
-//! cargo xtask setup                 # find or install libtorch; a second run is instant
+//! cargo xtask setup                 # find or install libtorch (+ Gloo/CUDA headers); then instant
 //! cargo xtask test [ARGS…]          # fmt --check, clippy -D warnings, cargo test --workspace ARGS…
 //! cargo xtask run -- info --json    # build the `cappa` binary (release) and run it
 //! cargo xtask compare [ARGS…]       # the main job: cappa compare (release build)
 //! cargo xtask scale [ARGS…]         # cappa scale: size × examples × caption-noise sweeps
 //! cargo xtask bench                 # every benchmark → target/bench/summary.{md,json}
 //! cargo xtask bench models          # cappa vs PyTorch eager → target/bench/models.{json,md}
+//! cargo xtask device-bench          # build what a GPU machine needs; print how to run it there
 //! eval "$(cargo xtask env)"         # export the same environment for plain cargo
 //! ```
 
 mod bench;
 mod libtorch;
+mod native;
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -36,7 +38,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Task {
-    /// Find or provision libtorch 2.11.0 and print where it is.
+    /// Find or provision libtorch 2.11.0 and print where it is; also install the headers that
+    /// data parallelism compiles against (Gloo: Debian's libgloo-dev; NCCL: CUDA headers from
+    /// PyPI), where possible.
     Setup,
     /// Check formatting, run clippy with warnings denied, then `cargo test --workspace`.
     ///
@@ -66,6 +70,14 @@ enum Task {
     Bench {
         #[command(subcommand)]
         which: Option<bench::Which>,
+    },
+    /// Build the release `cappa` binary for the GPU checks and print how to run
+    /// scripts/device_bench.sh on a CUDA machine (bf16 B/16 throughput and MFU vs PyTorch
+    /// eager, NCCL smoke test). `--local` runs the script here on the CPU at the tiny preset,
+    /// to check the script itself.
+    DeviceBench {
+        #[arg(long)]
+        local: bool,
     },
     /// Print shell `export` lines that let plain `cargo` build against the provisioned libtorch.
     Env,
@@ -139,6 +151,66 @@ fn run(task: Task) -> Result<ExitCode> {
                 None => bench::run_all(&root, &libtorch)?,
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Task::DeviceBench { local } => {
+            let libtorch = libtorch::setup(Verbosity::Quiet)?;
+            let build = os_args(&["build", "--quiet", "--release", "--package", "cappa"]);
+            let code = cargo(&root, &libtorch, &build)?;
+            if code != 0 {
+                return Ok(exit_code(code));
+            }
+            let release = root.join("target/release/cappa");
+            anyhow::ensure!(release.is_file(), "{} was not built", release.display());
+            // A stripped copy (≈17 MB instead of ≈150 MB with line tables) to carry.
+            let binary = root.join("target/device-bench/bin/cappa");
+            std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
+            std::fs::copy(&release, &binary)
+                .with_context(|| format!("could not copy {}", release.display()))?;
+            if !Command::new("strip")
+                .arg(&binary)
+                .status()
+                .is_ok_and(|s| s.success())
+            {
+                eprintln!(
+                    "xtask: `strip` failed; {} keeps its debug lines",
+                    binary.display()
+                );
+            }
+            if !local {
+                println!(
+                    "Built {}. On a machine with a CUDA GPU and torch 2.11 (CUDA) in \
+                     /opt/torch/.venv (else set TORCH_VENV), from a copy of this tree with that \
+                     binary carried along, run:\n\n    bash scripts/device_bench.sh\n\n\
+                     (≈5 minutes on an H200; the device tool: carry \
+                     [\"target/device-bench/bin/cappa\"], timeout_s 540). Results: \
+                     $OUT/device-bench.md (OUT defaults to target/device-bench) and JSON beside it.",
+                    binary.display()
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
+            let Libtorch::Python { torch, .. } = &libtorch else {
+                anyhow::bail!("--local needs a Python torch (cappa's virtualenv); LIBTORCH is set");
+            };
+            let venv = torch
+                .python
+                .parent()
+                .and_then(Path::parent)
+                .context("the Python's environment")?;
+            let status = Command::new("bash")
+                .arg(root.join("scripts/device_bench.sh"))
+                .current_dir(&root)
+                .envs([
+                    ("TORCH_VENV", venv.as_os_str()),
+                    ("DEVICE", "cpu".as_ref()),
+                    ("PRESET", "tiny".as_ref()),
+                    ("BATCHES", "32".as_ref()),
+                    ("SEQ_LEN", "16".as_ref()),
+                    ("STEPS", "3".as_ref()),
+                    ("OUT", root.join("target/device-bench-local").as_os_str()),
+                ])
+                .status()
+                .context("could not run bash")?;
+            Ok(exit_code(status.code().unwrap_or(1)))
         }
         Task::Run { args } => run_cappa(&root, &[], args),
         Task::Compare { args } => run_cappa(&root, &["compare"], args),

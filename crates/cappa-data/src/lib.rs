@@ -21,6 +21,7 @@
 //!     batch_size: 8, seq_len: 16, transform: TrainTransform::cappa(32),
 //!     normalize: Normalize::MinusOneToOne, limits: DecodeLimits::default(), seed: 0,
 //!     threads: 2, prefetch: 2, max_bad_fraction: 0.01, min_samples_for_bad_check: 1000,
+//!     pin_memory: false,
 //! };
 //! let mut loader = Loader::start(Box::new(SceneSource::new(world, 0, 1)), tokenizer, config, None)?;
 //! let batch = loader.next().unwrap()?;

@@ -62,6 +62,10 @@ pub struct LoaderConfig {
     /// after at least `min_samples_for_bad_check` samples).
     pub max_bad_fraction: f64,
     pub min_samples_for_bad_check: u64,
+    /// Build batches in page-locked memory (for a CUDA consumer: asynchronous copies to the
+    /// GPU that overlap with its compute). Needs libtorch with CUDA.
+    #[serde(default)]
+    pub pin_memory: bool,
 }
 
 /// Where a loader stands after a batch: restart from it to continue with the next batch.
@@ -232,9 +236,15 @@ fn next_batch(
         keys.push(p.key);
     }
     let s = size as i64;
+    let mut images = Tensor::from_slice(&pixels).view([b, 3, s, s]);
+    let mut tokens = Tensor::from_slice(&token_ids).view([b, config.seq_len as i64]);
+    if config.pin_memory {
+        images = images.pin_memory(tch::Device::Cuda(0));
+        tokens = tokens.pin_memory(tch::Device::Cuda(0));
+    }
     Ok(Some(Batch {
-        images: Tensor::from_slice(&pixels).view([b, 3, s, s]),
-        tokens: Tensor::from_slice(&token_ids).view([b, config.seq_len as i64]),
+        images,
+        tokens,
         captions,
         keys,
         cursor: cursor.clone(),

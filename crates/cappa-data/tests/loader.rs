@@ -34,6 +34,7 @@ fn config(threads: usize) -> LoaderConfig {
         prefetch: 2,
         max_bad_fraction: 0.5,
         min_samples_for_bad_check: 8,
+        pin_memory: false,
     }
 }
 

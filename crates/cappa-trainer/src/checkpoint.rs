@@ -35,6 +35,9 @@ pub struct TrainState {
     pub cursor: LoaderCursor,
     /// Loss of the last step (for the record).
     pub last_loss: Option<f64>,
+    /// Every rank's data cursor in a data-parallel run (rank 0's is also `cursor`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rank_cursors: Vec<LoaderCursor>,
 }
 
 pub const STATE_FILE: &str = "state.json";

@@ -4,8 +4,8 @@
 //! examples or FLOPs, JSONL metrics, progress and in-loop evaluation.
 //!
 //! Boundaries: consumes models from `cappa-models`, losses from `cappa-objectives` and batches
-//! from `cappa-data`. Distributed collectives and bf16 autocast will come from
-//! `cappa-torch-ext`; until then `precision = "bf16"` is refused with a clear message.
+//! from `cappa-data`; bf16 autocast and data parallelism over c10d (Gloo/NCCL, see
+//! [`parallel`]) through `cappa-torch-ext`.
 //!
 //! Gradient accumulation is exact for Cap/CapPa (per-caption losses). For the contrastive
 //! losses each micro-batch's negatives are its own: accumulating k micro-batches of b is not
@@ -26,6 +26,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod optim;
+pub mod parallel;
 pub mod schedule;
 mod trainer;
 

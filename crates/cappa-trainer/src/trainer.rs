@@ -27,8 +27,13 @@ use serde_json::{json, Value};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
 
+use cappa_torch_ext::autocast::{Autocast, AutocastDtype};
+use cappa_torch_ext::dist::{DistError, ProcessGroup, ReduceOp};
+
 use crate::checkpoint::{read_state, write_state, Checkpoints, TrainState};
-use crate::config::{differing_fields, ConfigError, DataKind, ExperimentConfig, Objective};
+use crate::config::{
+    differing_fields, ConfigError, DataKind, ExperimentConfig, Objective, Precision,
+};
 use crate::metrics::{MetricsLog, Progress, ProgressMode};
 use crate::optim::AdamW;
 use crate::schedule::lr_factor;
@@ -72,6 +77,9 @@ pub struct TrainerOptions {
     pub resume: Resume,
     /// Set from elsewhere (a Ctrl-C handler) to stop after the current step with a checkpoint.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// The data-parallel process group (see [`crate::parallel`]); its size must equal the
+    /// config's `world_size`. `None`: one process.
+    pub dist: Option<Arc<ProcessGroup>>,
 }
 
 impl Default for TrainerOptions {
@@ -82,6 +90,7 @@ impl Default for TrainerOptions {
             progress: ProgressMode::Auto,
             resume: Resume::Never,
             interrupt: None,
+            dist: None,
         }
     }
 }
@@ -118,6 +127,10 @@ pub enum TrainError {
     DataExhausted { step: u64 },
     #[error("{what}: {message}")]
     Resume { what: String, message: String },
+    #[error(transparent)]
+    Dist(#[from] DistError),
+    #[error("bf16 autocast: {0}")]
+    Autocast(String),
 }
 
 impl TrainError {
@@ -186,7 +199,8 @@ pub struct Trainer {
     total_steps: u64,
     flops_per_example: f64,
     checkpoints: Checkpoints,
-    metrics: MetricsLog,
+    /// Rank 0's metrics log; `None` on the other ranks.
+    metrics: Option<MetricsLog>,
     validation: Option<Validation>,
     hooks: Vec<Box<dyn EvalHook>>,
     checkpointed_step: Option<u64>,
@@ -261,6 +275,19 @@ impl Trainer {
         options: TrainerOptions,
     ) -> Result<Self, TrainError> {
         config.validate()?;
+        let processes = options.dist.as_ref().map_or(1, |pg| pg.world_size());
+        if config.world_size != processes {
+            return Err(ConfigError::new(
+                "world_size",
+                format!(
+                    "is {} but {processes} process(es) run this training: start {} processes \
+                     with `cappa launch --nproc {}` (or torchrun), or set world_size={processes}",
+                    config.world_size, config.world_size, config.world_size
+                ),
+            )
+            .into());
+        }
+        let main_rank = options.dist.as_ref().is_none_or(|pg| pg.rank() == 0);
         let checkpoints = Checkpoints::new(run_dir, config.keep_checkpoints);
         let latest = checkpoints.latest();
         if let Some((step, _)) = &latest {
@@ -281,18 +308,24 @@ impl Trainer {
         let flops_per_example = train_flops(model_config.forward_flops());
         let total_steps = config.total_steps(flops_per_example)?;
 
-        // Everything is checked: from here on the run directory is written.
-        fs::create_dir_all(run_dir).map_err(|source| CheckpointError::Io {
-            path: run_dir.to_path_buf(),
-            source,
-        })?;
-        checkpoints.remove_stale()?;
-        write_json(&run_dir.join(EXPERIMENT_FILE), &config)?;
-        if latest.is_none() {
-            let path = run_dir.join(TOKENIZER_FILE);
-            tokenizer.save(&path)?;
+        // Everything is checked: from here on the run directory is written (by rank 0 only).
+        if main_rank {
+            fs::create_dir_all(run_dir).map_err(|source| CheckpointError::Io {
+                path: run_dir.to_path_buf(),
+                source,
+            })?;
+            checkpoints.remove_stale()?;
+            write_json(&run_dir.join(EXPERIMENT_FILE), &config)?;
+            if latest.is_none() {
+                let path = run_dir.join(TOKENIZER_FILE);
+                tokenizer.save(&path)?;
+            }
         }
 
+        if let Device::Cuda(_) = options.device {
+            tch::Cuda::cudnn_set_benchmark(true);
+            cappa_torch_ext::backends::set_tf32(config.tf32);
+        }
         let vs = VarStore::new(options.device);
         let model = {
             // libtorch's generator is process-wide: hold it while seeding and initialising so
@@ -321,7 +354,15 @@ impl Trainer {
                         })
                 };
                 let (m, v) = (find("exp_avg")?, find("exp_avg_sq")?);
-                let state = read_state(dir)?;
+                let mut state = read_state(dir)?;
+                if let Some(cursor) = options
+                    .dist
+                    .as_ref()
+                    .and_then(|pg| state.rank_cursors.get(pg.rank()))
+                {
+                    // Each rank continues its own slice of the data.
+                    state.cursor = cursor.clone();
+                }
                 let steps = read_optimizer_steps(dir)?;
                 optimizer
                     .restore(&m, &v, steps)
@@ -339,10 +380,19 @@ impl Trainer {
             }
             None => (TrainState::default(), None),
         };
-        let metrics = MetricsLog::open(
-            &run_dir.join(METRICS_FILE),
-            latest.as_ref().map(|(step, _)| *step),
-        )?;
+        if let Some(pg) = &options.dist {
+            // Identical seeds give identical weights already; broadcasting makes it a guarantee.
+            let mut params = optimizer.params().shallow_clone();
+            tch::no_grad(|| pg.broadcast(&mut params, 0))?;
+        }
+        let metrics = if main_rank {
+            Some(MetricsLog::open(
+                &run_dir.join(METRICS_FILE),
+                latest.as_ref().map(|(step, _)| *step),
+            )?)
+        } else {
+            None
+        };
         let seconds_before = latest
             .as_ref()
             .and_then(|_| last_elapsed(&run_dir.join(METRICS_FILE)))
@@ -366,7 +416,7 @@ impl Trainer {
             checkpointed_step,
             seconds_before,
         };
-        if trainer.config.eval.every > 0 {
+        if trainer.config.eval.every > 0 && main_rank {
             trainer.validation = trainer.validation_batches()?;
         }
         Ok(trainer)
@@ -410,6 +460,20 @@ impl Trainer {
         &self.run_dir
     }
 
+    /// This process's rank (0 without a process group).
+    pub fn rank(&self) -> usize {
+        self.options.dist.as_ref().map_or(0, |pg| pg.rank())
+    }
+
+    /// Whether this process writes the run directory and reports progress (rank 0).
+    pub fn is_main_rank(&self) -> bool {
+        self.rank() == 0
+    }
+
+    fn world_size(&self) -> usize {
+        self.config.world_size
+    }
+
     /// Adds an evaluation run every `eval.every` steps.
     pub fn add_eval_hook(&mut self, hook: Box<dyn EvalHook>) {
         self.hooks.push(hook);
@@ -436,6 +500,7 @@ impl Trainer {
             prefetch: d.prefetch,
             max_bad_fraction: d.max_bad_fraction,
             min_samples_for_bad_check: 1000,
+            pin_memory: matches!(self.options.device, Device::Cuda(_)),
         }
     }
 
@@ -446,11 +511,15 @@ impl Trainer {
     fn training_source(&self) -> Result<Box<dyn SampleSource>, TrainError> {
         let d = &self.config.data;
         Ok(match d.kind {
-            DataKind::Scene => Box::new(SceneSource::new(scene_world(&self.config, false)?, 0, 1)),
+            DataKind::Scene => Box::new(SceneSource::new(
+                scene_world(&self.config, false)?,
+                self.rank(),
+                self.world_size(),
+            )),
             DataKind::Shards => Box::new(ShardSource::new(
                 expand_paths(&d.shards)?,
-                0,
-                1,
+                self.rank(),
+                self.world_size(),
                 self.config.seed,
             )?),
         })
@@ -495,12 +564,43 @@ impl Trainer {
 
     /// The training loss of one micro-batch. `micro` numbers the micro-batches of a step, so
     /// that CapPa's random masks depend only on (seed, step, micro-batch).
-    fn micro_loss(&self, images: &Tensor, tokens: &Tensor, step: u64, micro: u64) -> Tensor {
-        match &self.model {
+    fn micro_loss(
+        &self,
+        images: &Tensor,
+        tokens: &Tensor,
+        step: u64,
+        micro: u64,
+    ) -> Result<Tensor, TrainError> {
+        Ok(match &self.model {
             Model::Clip(clip) => {
-                let image = clip.encode_image(images, true);
-                let text = clip.encode_text(tokens, true);
-                contrastive_loss(clip, &image, &text)
+                let mut image = clip.encode_image(images, true).to_kind(Kind::Float);
+                let mut text = clip.encode_text(tokens, true).to_kind(Kind::Float);
+                // The similarity matrix and the loss in fp32, whatever the towers ran in.
+                let _fp32 = match self.config.precision {
+                    Precision::Bf16 => {
+                        Some(Autocast::off(self.options.device).map_err(TrainError::Autocast)?)
+                    }
+                    Precision::Fp32 => None,
+                };
+                match &self.options.dist {
+                    None => contrastive_loss(clip, &image, &text),
+                    Some(pg) => {
+                        image = pg.gather_rows_with_local_grad(&image)?;
+                        text = pg.gather_rows_with_local_grad(&text)?;
+                        // Every rank computes the same global loss from the temperature (and
+                        // bias): give each rank 1/world of their gradient, so that the sum
+                        // over ranks is theirs once.
+                        let world = pg.world_size() as f64;
+                        let share = |p: &Tensor| p.detach() + (p - p.detach()) / world;
+                        let scale = share(&clip.logit_scale);
+                        match &clip.logit_bias {
+                            Some(bias) => {
+                                contrastive_sigmoid_loss(&image, &text, &scale, &share(bias))
+                            }
+                            None => contrastive_softmax_loss(&image, &text, &scale),
+                        }
+                    }
+                }
             }
             Model::Cap(cap) => {
                 let decoder = &cap.config().decoder;
@@ -527,7 +627,7 @@ impl Trainer {
                 };
                 caption_loss(&logits, tokens, decoder.pad_id, 0.0)
             }
-        }
+        })
     }
 
     /// One update from the given micro-batches (images `(b, 3, H, W)`, tokens `(b, L)`; equal
@@ -548,17 +648,47 @@ impl Trainer {
             tch::manual_seed(mix(self.config.seed, step, u64::MAX) as i64);
         }
         let parts = micro_batches.len() as f64;
+        // Data parallel: a per-example loss (Cap) is this rank's share of the global mean, so
+        // its gradient is divided by the world size; a contrastive loss is already the global
+        // batch's (see `crate::parallel`). Either way the ranks' gradients are then summed.
+        let share = match self.model {
+            Model::Cap(_) => self.world_size() as f64,
+            Model::Clip(_) => 1.0,
+        };
         let mut loss_sum = 0.0;
+        let device = self.options.device;
+        // Pinned batches (CUDA) copy asynchronously; the copy orders before the forward on
+        // the same stream.
+        let non_blocking = matches!(device, Device::Cuda(_));
         for (micro, (images, tokens)) in micro_batches.iter().enumerate() {
-            let images = images.to_device(self.options.device);
-            let tokens = tokens.to_device(self.options.device);
-            let loss = self.micro_loss(&images, &tokens, step, micro as u64);
-            (&loss / parts).backward();
+            let images = images.to_device_(device, images.kind(), non_blocking, false);
+            let tokens = tokens.to_device_(device, tokens.kind(), non_blocking, false);
+            let loss = match self.config.precision {
+                Precision::Fp32 => self.micro_loss(&images, &tokens, step, micro as u64)?,
+                Precision::Bf16 => {
+                    let _autocast = Autocast::new(self.options.device, AutocastDtype::BFloat16)
+                        .map_err(TrainError::Autocast)?;
+                    self.micro_loss(&images, &tokens, step, micro as u64)?
+                }
+            };
+            (&loss / (parts * share)).backward();
             loss_sum += loss.double_value(&[]);
         }
-        let loss = loss_sum / parts;
+        let mut loss = loss_sum / parts;
+        if let Some(pg) = &self.options.dist {
+            // Every rank sees the same loss, so all take the same skip-or-step decision.
+            loss = crate::parallel::mean_over_ranks(pg, loss)?;
+        }
         let report = if loss.is_finite() {
-            self.optimizer.step(lr, factor)
+            match &self.options.dist {
+                None => self.optimizer.step(lr, factor),
+                Some(pg) => {
+                    let mut grad = self.optimizer.flat_grad();
+                    let bucket = crate::parallel::bucket_elements(grad.kind());
+                    tch::no_grad(|| pg.all_reduce_buckets(&mut grad, ReduceOp::Sum, bucket))?;
+                    self.optimizer.step_with_grad(grad, lr, factor)
+                }
+            }
         } else {
             self.optimizer.zero_grad();
             crate::optim::StepReport {
@@ -611,9 +741,19 @@ impl Trainer {
     pub fn run_until(&mut self, stop_at: u64) -> Result<RunSummary, TrainError> {
         let stop_at = stop_at.min(self.total_steps);
         let started = Instant::now();
-        let progress = Progress::new(self.options.progress, self.state.step, self.total_steps);
+        let mode = if self.is_main_rank() {
+            self.options.progress
+        } else {
+            ProgressMode::Quiet
+        };
+        let progress = Progress::new(mode, self.state.step, self.total_steps);
         if self.state.step < stop_at {
-            let config = self.loader_config(self.micro_batch_size(), self.config.seed);
+            // Rank r > 0 draws its augmentations from its own stream.
+            let seed = match self.rank() {
+                0 => self.config.seed,
+                rank => mix(self.config.seed, rank as u64, u64::MAX - 1),
+            };
+            let config = self.loader_config(self.micro_batch_size(), seed);
             let mut loader = Loader::start(
                 self.training_source()?,
                 Arc::clone(&self.tokenizer),
@@ -629,7 +769,7 @@ impl Trainer {
             progress.println(&format!("checkpoint {}", path.display()));
         }
         let summary = self.summary(started);
-        if summary.finished {
+        if summary.finished && self.is_main_rank() {
             write_json(&self.run_dir.join(SUMMARY_FILE), &summary)?;
         }
         Ok(summary)
@@ -643,11 +783,16 @@ impl Trainer {
         started: Instant,
     ) -> Result<(), TrainError> {
         let mut window = Window::new();
-        let peak = self.config.peak_flops.or_else(|| {
-            matches!(self.options.device, Device::Cuda(_))
-                .then(|| self.options.device_name.as_deref().and_then(peak_flops_for))
-                .flatten()
-        });
+        // The MFU's denominator: every rank's device.
+        let peak = self
+            .config
+            .peak_flops
+            .or_else(|| {
+                matches!(self.options.device, Device::Cuda(_))
+                    .then(|| self.options.device_name.as_deref().and_then(peak_flops_for))
+                    .flatten()
+            })
+            .map(|peak| peak * self.world_size() as f64);
         while self.state.step < stop_at {
             let step_started = Instant::now();
             let mut micro_batches = Vec::with_capacity(self.config.accumulation);
@@ -662,7 +807,8 @@ impl Trainer {
                 cursor = Some(batch.cursor);
                 micro_batches.push((batch.images, batch.tokens));
             }
-            let examples: u64 = micro_batches.iter().map(|(i, _)| i.size()[0] as u64).sum();
+            let local: u64 = micro_batches.iter().map(|(i, _)| i.size()[0] as u64).sum();
+            let examples = local * self.world_size() as u64;
             let outcome = self.step_on(&micro_batches)?;
             self.state.examples_seen += examples;
             self.state.flops_seen += examples as f64 * self.flops_per_example;
@@ -680,7 +826,9 @@ impl Trainer {
             if step.is_multiple_of(self.config.log_every) || step == self.total_steps {
                 let elapsed = self.seconds_before + started.elapsed().as_secs_f64();
                 let record = self.log_record(&outcome, &window, peak, elapsed);
-                self.metrics.write(&record)?;
+                if let Some(metrics) = &mut self.metrics {
+                    metrics.write(&record)?;
+                }
                 let eta = window
                     .mean_step_seconds()
                     .map(|s| Duration::from_secs_f64(s * (self.total_steps - step) as f64));
@@ -698,7 +846,8 @@ impl Trainer {
                 window = Window::new();
             }
             let every = self.config.eval.every;
-            if every > 0 && (step.is_multiple_of(every) || step == self.total_steps) {
+            let eval_step = step.is_multiple_of(every.max(1)) || step == self.total_steps;
+            if every > 0 && eval_step && self.is_main_rank() {
                 let results = self.evaluate();
                 let mut record = json!({"step": step, "event": "eval"});
                 let mut line = format!("eval at step {step}:");
@@ -706,18 +855,24 @@ impl Trainer {
                     record[key] = json!(value);
                     line.push_str(&format!(" {key} {value:.4}"));
                 }
-                self.metrics.write(&record)?;
+                if let Some(metrics) = &mut self.metrics {
+                    metrics.write(&record)?;
+                }
                 progress.println(&line);
             }
             if step.is_multiple_of(self.config.checkpoint_every) && step < stop_at {
                 self.save_checkpoint()?;
             }
-            if self
+            let mut interrupted = self
                 .options
                 .interrupt
                 .as_ref()
-                .is_some_and(|flag| flag.load(Ordering::Relaxed))
-            {
+                .is_some_and(|flag| flag.load(Ordering::Relaxed));
+            if let Some(pg) = &self.options.dist {
+                // All ranks stop after the same step.
+                interrupted = crate::parallel::any_rank(pg, interrupted)?;
+            }
+            if interrupted {
                 progress.println(&format!("interrupted after step {step}"));
                 break;
             }
@@ -824,8 +979,22 @@ impl Trainer {
     }
 
     /// Writes a checkpoint of the current state (see [`crate::checkpoint`]).
+    /// Data parallel: every rank calls it (the ranks' data cursors are gathered into the
+    /// checkpoint), rank 0 writes, and all return once the checkpoint exists.
     pub fn save_checkpoint(&mut self) -> Result<PathBuf, TrainError> {
         let step = self.state.step;
+        let mut state = self.state.clone();
+        if let Some(pg) = &self.options.dist {
+            let cursors = crate::parallel::gather_json(pg, &self.state.cursor)?;
+            state.cursor = cursors[0].clone();
+            state.rank_cursors = cursors.clone();
+            self.state.rank_cursors = cursors;
+            if pg.rank() != 0 {
+                pg.barrier()?;
+                self.checkpointed_step = Some(step);
+                return Ok(self.checkpoints.dir().join(Checkpoints::name(step)));
+            }
+        }
         let path = self.checkpoints.save(step, |dir| {
             save_weights(&self.vs, &dir.join(WEIGHTS_FILE))?;
             write_json(&dir.join(CONFIG_FILE), &self.model_config)?;
@@ -847,10 +1016,21 @@ impl Trainer {
                     source: std::io::Error::other(e.to_string()),
                 })?;
             sync_file(&tokenizer_path)?;
-            write_state(dir, &self.state)
+            write_state(dir, &state)
         })?;
+        if let Some(pg) = &self.options.dist {
+            pg.barrier()?;
+        }
         self.checkpointed_step = Some(step);
         Ok(path)
+    }
+
+    /// Bad samples skipped by every rank (as of the last checkpoint for the other ranks).
+    fn bad_samples(&self) -> u64 {
+        let others: u64 = (self.state.rank_cursors.iter().skip(1))
+            .map(|c| c.skipped.total())
+            .sum();
+        self.state.cursor.skipped.total() + others
     }
 
     fn summary(&self, started: Instant) -> RunSummary {
@@ -867,7 +1047,7 @@ impl Trainer {
             final_loss: self.state.last_loss,
             seconds,
             examples_per_second: self.state.examples_seen as f64 / seconds.max(1e-9),
-            bad_samples: self.state.cursor.skipped.total(),
+            bad_samples: self.bad_samples(),
             bad_steps: self.state.bad_steps,
             checkpoint: self
                 .checkpoints

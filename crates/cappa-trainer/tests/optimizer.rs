@@ -1,5 +1,6 @@
 //! AdamW against torch.optim.AdamW (fixture from scripts/make_adamw_fixture.py): a decayed
-//! matrix and an undecayed bias, six steps with given gradients and learning rates.
+//! matrix and an undecayed bias, six steps with given gradients and learning rates; the
+//! op-by-op update and libtorch's fused kernel.
 
 use cappa_trainer::{AdamW, AdamWConfig, WeightDecay};
 use serde_json::Value;
@@ -15,8 +16,8 @@ fn floats(value: &Value) -> Vec<f32> {
         .collect()
 }
 
-#[test]
-fn matches_torch_adamw_step_by_step() {
+/// The largest difference from torch's weights over the fixture's steps.
+fn worst_difference(fused: bool) -> f64 {
     let fixture: Value = serde_json::from_str(include_str!("fixtures/adamw_torch.json")).unwrap();
     let vs = VarStore::new(Device::Cpu);
     let root = vs.root();
@@ -39,6 +40,7 @@ fn matches_torch_adamw_step_by_step() {
             weight_decay: fixture["weight_decay"].as_f64().unwrap(),
             decay: WeightDecay::Torch,
             clip_grad_norm: None,
+            fused: Some(fused),
         },
     );
     let mut worst = 0.0f64;
@@ -57,6 +59,19 @@ fn matches_torch_adamw_step_by_step() {
             worst = worst.max(diff);
         }
     }
+    worst
+}
+
+#[test]
+fn matches_torch_adamw_step_by_step() {
+    let worst = worst_difference(false);
     assert!(worst <= 1e-6, "largest difference from torch: {worst:e}");
     eprintln!("largest difference from torch.optim.AdamW over 6 steps: {worst:e}");
+}
+
+#[test]
+fn the_fused_kernel_matches_torch_adamw_too() {
+    let worst = worst_difference(true);
+    assert!(worst <= 1e-6, "largest difference from torch: {worst:e}");
+    eprintln!("fused: largest difference from torch.optim.AdamW over 6 steps: {worst:e}");
 }

@@ -537,3 +537,128 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct ThroughputArgs {
+    /// Model preset (vision tower, CLIP text tower, Cap decoder): tiny, small, b16, l16, …
+    #[arg(long, default_value = "b16")]
+    preset: String,
+    /// Examples per step (one process).
+    #[arg(long, default_value_t = 256)]
+    batch: usize,
+    /// Caption tokens per example.
+    #[arg(long, default_value_t = 64)]
+    seq_len: usize,
+    /// `bf16` (autocast) or `fp32`.
+    #[arg(long, default_value = "bf16")]
+    precision: String,
+    /// Objectives to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "clip,cap_pa")]
+    objectives: Vec<String>,
+    /// Timed steps.
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Untimed steps first (cuDNN autotuning, allocator warm-up).
+    #[arg(long, default_value_t = 5)]
+    warmup: usize,
+    /// Peak FLOP/s of the device for the MFU (default: by the CUDA device's name, e.g.
+    /// 989e12 for an H100/H200).
+    #[arg(long)]
+    peak_flops: Option<f64>,
+    /// Write the figures as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+/// `cappa bench throughput`: full trainer steps (forward, loss, backward, clipping, AdamW) on
+/// synthetic in-memory batches on the selected device, as samples/s and MFU. The PyTorch
+/// eager reference is `scripts/bench_train_reference.py --device … --precision … --batch …`
+/// (`cargo xtask device-bench` prepares both for a GPU machine).
+pub(crate) fn throughput(args: &ThroughputArgs, device: Device) -> Result<()> {
+    let device_name = crate::device::accelerator_name(device);
+    let peak = args.peak_flops.or_else(|| {
+        device_name
+            .as_deref()
+            .and_then(cappa_trainer::peak_flops_for)
+    });
+    let mut results = serde_json::Map::new();
+    let mut vocab = 0;
+    for objective in &args.objectives {
+        let dir = tempfile::tempdir()?;
+        let sets = vec![
+            format!("objective={objective}"),
+            format!("model.preset={}", args.preset),
+            format!("data.seq_len={}", args.seq_len),
+            format!("batch_size={}", args.batch),
+            format!("precision={}", args.precision),
+            "optim.weight_decay=0.1".into(),
+            "optim.decay=torch".into(),
+            "budget.steps=1000000".into(),
+            "data.tokenizer_captions=500".into(),
+            "eval.every=0".into(),
+        ];
+        let config = cappa_trainer::config::resolve(None, &sets)?;
+        let options = cappa_trainer::TrainerOptions {
+            device,
+            device_name: device_name.clone(),
+            progress: cappa_trainer::ProgressMode::Quiet,
+            ..cappa_trainer::TrainerOptions::default()
+        };
+        let mut trainer = cappa_trainer::Trainer::start(config, dir.path(), options)?;
+        let size = trainer.vision_image_size();
+        let (batch, seq_len) = (args.batch as i64, args.seq_len as i64);
+        vocab = trainer.tokenizer().vocab_size() as i64;
+        // Synthetic batches as the reference makes them, already on the device.
+        let images = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+        let tokens = Tensor::randint_low(3, vocab, [batch, seq_len], (Kind::Int64, device));
+        if objective == "clip" || objective == "sigmoid" {
+            let _ = tokens.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
+        }
+        let micro = [(images, tokens)];
+        let mut failure = None;
+        let ms = time_steps(args.warmup, args.steps, || {
+            if let Err(error) = trainer.step_on(&micro) {
+                failure.get_or_insert(error);
+            }
+        });
+        if let Some(error) = failure {
+            return Err(error.into());
+        }
+        let samples_per_s = args.batch as f64 / (ms / 1e3);
+        let flops = trainer.train_flops_per_example();
+        let mfu = peak.map(|p| samples_per_s * flops / p);
+        println!(
+            "cappa {objective} {} {} batch {}: {ms:.2} ms/step, {samples_per_s:.1} samples/s, MFU {}",
+            args.preset,
+            args.precision,
+            args.batch,
+            mfu.map_or("n/a (unknown peak)".into(), |m| format!("{:.1}%", 100.0 * m)),
+        );
+        results.insert(
+            objective.clone(),
+            serde_json::json!({
+                "step_ms": ms,
+                "samples_per_s": samples_per_s,
+                "train_flops_per_example": flops,
+                "mfu": mfu,
+                "params": num_params(trainer.var_store()),
+            }),
+        );
+    }
+    if let Some(path) = &args.json {
+        let figures = serde_json::json!({
+            "device": crate::device::device_name(device),
+            "device_name": device_name,
+            "peak_flops": peak,
+            "preset": args.preset,
+            "precision": args.precision,
+            "batch": args.batch,
+            "seq_len": args.seq_len,
+            "vocab": vocab,
+            "results": results,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}

@@ -6,6 +6,8 @@ use anyhow::Result;
 use serde::Serialize;
 use tch::Device;
 
+use cappa_torch_ext::dist::Backend;
+
 use crate::cuda::{self, CudaDevice};
 use crate::device::{device_name, DeviceArg};
 
@@ -30,10 +32,13 @@ pub(crate) struct Info {
     pub(crate) auto_device: String,
     /// The device the given `--device` flag resolves to.
     pub(crate) selected_device: String,
-    /// Whether bf16 mixed precision is used on the selected device (CUDA with compute
-    /// capability ≥ 8.0); the CPU always trains in fp32.
+    /// Whether bf16 autocast (`precision = "bf16"`) is recommended on the selected device
+    /// (CUDA with compute capability ≥ 8.0); it also runs on the CPU, where fp32 is the default.
     pub(crate) bf16: bool,
     pub(crate) bf16_reason: String,
+    /// Data-parallel backends of this build: `gloo` (CPU), `nccl` (CUDA), each `available` or
+    /// why not.
+    pub(crate) distributed: Vec<(String, String)>,
 }
 
 impl Info {
@@ -74,6 +79,16 @@ impl Info {
             selected_device: device_name(selected),
             bf16,
             bf16_reason,
+            distributed: [("gloo", Backend::Gloo), ("nccl", Backend::Nccl)]
+                .into_iter()
+                .map(|(name, backend)| {
+                    let state = match backend.check_available() {
+                        Ok(()) => "available".to_string(),
+                        Err(why) => why.to_string(),
+                    };
+                    (name.to_string(), state)
+                })
+                .collect(),
         })
     }
 }
@@ -103,7 +118,9 @@ fn bf16_support(device: Device, cuda_devices: &[CudaDevice]) -> (bool, String) {
         },
         _ => (
             false,
-            "mixed precision is used on CUDA only; the CPU trains in fp32".into(),
+            "precision = \"bf16\" autocasts on the CPU too, but pays off only on CPUs with bf16 \
+             units; CPU runs default to fp32"
+                .into(),
         ),
     }
 }
@@ -136,7 +153,11 @@ impl fmt::Display for Info {
         writeln!(f, "auto       --device auto picks {}", self.auto_device)?;
         writeln!(f, "selected   {}", self.selected_device)?;
         let bf16 = if self.bf16 { "yes" } else { "no" };
-        writeln!(f, "bf16       {bf16}: {}", self.bf16_reason)
+        writeln!(f, "bf16       {bf16}: {}", self.bf16_reason)?;
+        for (backend, state) in &self.distributed {
+            writeln!(f, "{backend:<11}{state}")?;
+        }
+        Ok(())
     }
 }
 
@@ -178,5 +199,11 @@ mod tests {
         assert_eq!(info.cuda_available, tch::Cuda::is_available());
         let expected_auto = if info.cuda_available { "cuda:0" } else { "cpu" };
         assert_eq!(info.auto_device, expected_auto);
+        let gloo = &info.distributed[0];
+        assert_eq!(gloo.0, "gloo");
+        assert_eq!(
+            gloo.1 == "available",
+            Backend::Gloo.check_available().is_ok()
+        );
     }
 }

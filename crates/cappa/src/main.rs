@@ -8,6 +8,7 @@
 //! cappa data inspect 'shards/{00000..00009}.tar' [--json]  # counts, sizes, bad samples
 //! cappa synth --out DIR --samples N      # the scene world as webdataset shards + eval sets
 //! cappa train --config exp.json --set optim.lr=3e-4 [--resume auto]  # one training run
+//! cappa launch --nproc 2 train --config exp.json  # data parallel: 2 ranks on this machine
 //! cappa eval runs/NAME/checkpoints/step-00000200 [--transfer]  # every scene-world task
 //! cappa compare [--preset default|cpu-quick|test|FILE] [--seeds 3]  # CLIP vs Cap vs CapPa
 //! cappa scale [--preset default|test|FILE]  # model size × examples × caption noise
@@ -26,6 +27,7 @@ mod device;
 mod eval;
 mod export;
 mod info;
+mod launch;
 mod train;
 
 use std::process::ExitCode;
@@ -63,6 +65,18 @@ struct GlobalArgs {
     seed: i64,
 }
 
+impl GlobalArgs {
+    /// The flags as arguments, for the processes `cappa launch` starts.
+    fn to_args(&self) -> Vec<std::ffi::OsString> {
+        let mut args = vec!["--device".into(), self.device.to_string().into()];
+        if let Some(threads) = self.threads {
+            args.extend(["--threads".into(), threads.to_string().into()]);
+        }
+        args.extend(["--seed".into(), self.seed.to_string().into()]);
+        args
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Print the tch and libtorch versions, CPU threads, CUDA devices and bf16 support.
@@ -80,6 +94,9 @@ enum Command {
     /// Train one model (CLIP, SigLIP, Cap or CapPa) from a JSON experiment config; bad
     /// configurations exit with status 2 before anything is written.
     Train(train::TrainArgs),
+    /// Run a cappa command as N data-parallel ranks on this machine (what `torchrun
+    /// --nproc-per-node N --no-python cappa …` does), e.g. `cappa launch --nproc 2 train …`.
+    Launch(launch::LaunchArgs),
     /// Evaluate a checkpoint on every scene-world task (few-shot, zero-shot, retrieval,
     /// compositional, captioning, perplexity, optionally frozen-encoder transfer).
     Eval(eval::EvalArgs),
@@ -122,10 +139,22 @@ enum BenchCommand {
     Train(bench::TrainArgs),
     /// Evaluation throughput: zero-shot scoring pairs/s, greedy and beam captions/s.
     Eval(bench::EvalArgs),
+    /// Trainer steps on synthetic batches on the selected device (GPU: bf16, B/16): samples/s
+    /// and MFU; `cargo xtask device-bench` pairs it with the PyTorch eager reference.
+    Throughput(bench::ThroughputArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Launch(args) = &cli.command {
+        return match launch::launch(args, &cli.global.to_args()) {
+            Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+            Err(error) => {
+                eprintln!("cappa: error: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error)
@@ -152,6 +181,14 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Under a launcher every rank runs this; only training knows how to share the work.
+    let single_process = !matches!(cli.command, Command::Train(_) | Command::Info { .. });
+    if single_process && std::env::var("WORLD_SIZE").is_ok_and(|w| w.trim() != "1") {
+        anyhow::bail!(
+            "only `cappa train` runs data parallel; this command was started as one rank of \
+             several (WORLD_SIZE is set): run it as a single process"
+        );
+    }
     if let Some(threads) = cli.global.threads {
         tch::set_num_threads(threads);
     }
@@ -169,8 +206,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Data(args)) => bench::data(&args)?,
         Command::Bench(BenchCommand::Train(args)) => bench::train(&args)?,
         Command::Bench(BenchCommand::Eval(args)) => bench::eval(&args)?,
+        Command::Bench(BenchCommand::Throughput(args)) => {
+            bench::throughput(&args, cli.global.device.select()?)?
+        }
         Command::Data(command) => data::run(command)?,
         Command::Train(args) => train::run(&args, cli.global.device)?,
+        Command::Launch(_) => unreachable!("handled in main"),
         Command::Eval(args) => eval::eval(&args, cli.global.device)?,
         Command::Compare(args) => compare::compare(&args, cli.global.device)?,
         Command::Scale(args) => compare::scale(&args, cli.global.device)?,

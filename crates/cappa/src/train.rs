@@ -3,8 +3,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Result;
+use cappa_torch_ext::dist::{Backend, DistEnv, ProcessGroup};
 use cappa_trainer::{config, ProgressMode, Resume, Trainer, TrainerOptions, EXPERIMENT_FILE};
 
 use crate::device::DeviceArg;
@@ -81,6 +83,22 @@ pub(crate) fn interrupt_on_ctrl_c() -> Result<Arc<AtomicBool>> {
     Ok(interrupt)
 }
 
+/// The timeout of the rendezvous and of every collective: `CAPPA_DIST_TIMEOUT_S`, default
+/// 600 s (a rank that falls behind longer than this, e.g. in a long evaluation, fails the job).
+fn dist_timeout() -> Result<Duration> {
+    match std::env::var("CAPPA_DIST_TIMEOUT_S") {
+        Err(_) => Ok(Duration::from_secs(600)),
+        Ok(text) => match text.trim().parse::<f64>() {
+            Ok(seconds) if seconds > 0.0 && seconds.is_finite() => {
+                Ok(Duration::from_secs_f64(seconds))
+            }
+            _ => Err(bad_config(format!(
+                "CAPPA_DIST_TIMEOUT_S: `{text}` is not a positive number of seconds"
+            ))),
+        },
+    }
+}
+
 fn bad_config(error: impl std::fmt::Display) -> anyhow::Error {
     BadConfig(error.to_string()).into()
 }
@@ -97,7 +115,15 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
             }
         }
     }
-    let config = config::resolve(base.as_deref(), &args.sets).map_err(bad_config)?;
+    let mut config = config::resolve(base.as_deref(), &args.sets).map_err(bad_config)?;
+    // Started by `cappa launch` or torchrun: the launcher's world size, unless the config
+    // names one (then they must agree; the trainer says so if not).
+    let dist_env = DistEnv::from_env().map_err(bad_config)?;
+    if let Some(env) = &dist_env {
+        if config.world_size == 1 {
+            config.world_size = env.world_size;
+        }
+    }
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
@@ -107,7 +133,20 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&config.name));
-    let device = device.select()?;
+    let mut device = device.select()?;
+    let dist = match &dist_env {
+        Some(env) => {
+            if let tch::Device::Cuda(_) = device {
+                // One GPU per rank: LOCAL_RANK's.
+                device = DeviceArg::Cuda(env.local_rank).select()?;
+            }
+            let timeout = dist_timeout()?;
+            let pg = ProcessGroup::new(env, Backend::for_device(device), timeout)?;
+            Some(Arc::new(pg))
+        }
+        None => None,
+    };
+    let main_rank = dist.as_ref().is_none_or(|pg| pg.rank() == 0);
     let device_name = crate::device::accelerator_name(device);
     let interrupt = interrupt_on_ctrl_c()?;
     let options = TrainerOptions {
@@ -116,6 +155,7 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         device_name,
         progress: args.progress.mode(),
         resume: if resume { Resume::Auto } else { Resume::Never },
+        dist,
     };
     let mut trainer = Trainer::start(config, &run_dir, options).map_err(|e| {
         if e.is_config() {
@@ -125,6 +165,15 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         }
     })?;
     let state = trainer.state();
+    if !main_rank {
+        // Rank 0 reports; the others only train (and print their errors).
+        let summary = trainer.run()?;
+        return if summary.finished {
+            Ok(())
+        } else {
+            Err(Interrupted.into())
+        };
+    }
     if state.step > 0 {
         eprintln!(
             "resuming {} at step {} of {}",
@@ -133,8 +182,12 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
             trainer.total_steps()
         );
     }
+    let ranks = match trainer.config().world_size {
+        1 => String::new(),
+        n => format!(" on {n} ranks"),
+    };
     eprintln!(
-        "training {} ({}) for {} steps of {} examples, {:.3e} training FLOPs per example → {}",
+        "training {} ({}) for {} steps of {} examples{ranks}, {:.3e} training FLOPs per example → {}",
         trainer.config().name,
         trainer.config().objective.name(),
         trainer.total_steps(),

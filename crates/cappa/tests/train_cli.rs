@@ -211,7 +211,7 @@ fn bad_configurations_exit_2_and_write_nothing() {
             train_command(&run_dir, &["schedule.warmup_steps=500", "budget.steps=100"]),
             "schedule.warmup_steps",
         ),
-        (train_command(&run_dir, &["precision=bf16"]), "precision"),
+        (train_command(&run_dir, &["precision=fp8"]), "precision"),
         (with_file, "optim.warmup"),
     ] {
         let out = command.output().unwrap();

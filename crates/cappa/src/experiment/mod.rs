@@ -380,6 +380,7 @@ fn train(run: &PlannedRun, options: &CompareOptions) -> Result<RunSummary> {
         progress: options.progress,
         resume: Resume::Auto,
         interrupt: options.interrupt.clone(),
+        dist: None,
     };
     let mut trainer = Trainer::start(run.config.clone(), &run.dir, trainer_options)
         .map_err(|e| {

@@ -1,0 +1,82 @@
+//! Data parallelism over a c10d process group (`cappa-torch-ext`).
+//!
+//! Every rank holds the whole model and a `batch_size / world_size` share of each global
+//! batch, read from its own slice of the data (scene samples `r, r + w, …`; shards
+//! `r, r + w, …`). At start the parameters are broadcast from rank 0. Each step:
+//! - Cap/CapPa: each rank's loss is its share's mean, backpropagated divided by the world
+//!   size, so the **sum** of the ranks' gradients is the gradient of the global batch's mean;
+//! - CLIP/SigLIP: the image and text embeddings are all-gathered, this rank's rows keeping
+//!   their gradient ([`ProcessGroup::gather_rows_with_local_grad`]), and every rank computes
+//!   the loss over the global batch (all negatives); each rank's backward gives its share of
+//!   that loss's gradient and, again, the sum over ranks is the whole;
+//! - the flat gradient is summed over ranks in buckets of [`GRAD_BUCKET_BYTES`], so every
+//!   rank takes the identical AdamW step (clipping sees the global gradient norm);
+//! - the reported loss is averaged over ranks, and the decision to skip a non-finite step or
+//!   to stop on Ctrl-C is taken by all ranks together.
+//!
+//! Only rank 0 writes (run directory, checkpoints, metrics, summary) and shows progress; the
+//! checkpoint keeps every rank's data cursor so that a resumed run continues each rank's
+//! stream.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use cappa_torch_ext::dist::{Backend, DistError, ProcessGroup, ReduceOp};
+
+/// Gradient bucket size for the all-reduce (torch DDP's default bucket size).
+pub const GRAD_BUCKET_BYTES: i64 = 25 << 20;
+
+/// Every rank's `value`, in rank order (JSON through two all-gathers: lengths, then bytes).
+pub(crate) fn gather_json<T: Serialize + DeserializeOwned>(
+    pg: &ProcessGroup,
+    value: &T,
+) -> Result<Vec<T>, DistError> {
+    let device = scalar_device(pg);
+    let bytes = serde_json::to_vec(value).expect("cursors serialise");
+    let lengths = Tensor::from_slice(&[bytes.len() as i64]).to_device(device);
+    let lengths = pg.all_gather(&lengths)?.to_device(Device::Cpu);
+    let lengths: Vec<i64> = Vec::try_from(&lengths.flatten(0, -1)).expect("i64 lengths");
+    let longest = lengths.iter().copied().max().unwrap_or(0) as usize;
+    let mut padded = bytes;
+    padded.resize(longest, 0);
+    let gathered = pg.all_gather(&Tensor::from_slice(&padded).to_device(device))?;
+    let gathered = gathered.to_device(Device::Cpu);
+    let rows: Vec<u8> = Vec::try_from(&gathered.flatten(0, -1)).expect("u8 bytes");
+    Ok(lengths
+        .iter()
+        .enumerate()
+        .map(|(rank, &len)| {
+            let row = &rows[rank * longest..rank * longest + len as usize];
+            serde_json::from_slice(row).expect("every rank sends what it serialised")
+        })
+        .collect())
+}
+
+/// `value` averaged over the ranks.
+pub(crate) fn mean_over_ranks(pg: &ProcessGroup, value: f64) -> Result<f64, DistError> {
+    let mut t = Tensor::from_slice(&[value]).to_device(scalar_device(pg));
+    pg.all_reduce(&mut t, ReduceOp::Avg)?;
+    Ok(t.double_value(&[0]))
+}
+
+/// Whether `flag` is set on any rank.
+pub(crate) fn any_rank(pg: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
+    let mut t = Tensor::from_slice(&[i64::from(flag)]).to_device(scalar_device(pg));
+    pg.all_reduce(&mut t, ReduceOp::Max)?;
+    Ok(t.int64_value(&[0]) != 0)
+}
+
+/// Elements of `kind` in one gradient bucket.
+pub(crate) fn bucket_elements(kind: Kind) -> i64 {
+    GRAD_BUCKET_BYTES / kind.elt_size_in_bytes() as i64
+}
+
+/// Where small host values go for a collective: NCCL reduces only GPU tensors (this rank's
+/// GPU, `LOCAL_RANK`), Gloo CPU ones.
+fn scalar_device(pg: &ProcessGroup) -> Device {
+    match pg.backend() {
+        Backend::Nccl => Device::Cuda(pg.local_rank()),
+        Backend::Gloo => Device::Cpu,
+    }
+}
