@@ -148,6 +148,31 @@ impl Tokenizer {
                 path: path.to_path_buf(),
                 message: error.to_string(),
             })?;
+        Self::with_specials(inner, path)
+    }
+
+    /// [`Tokenizer::load`] from the text of a `tokenizer.json`; `origin` names it in errors.
+    pub fn from_json(text: &str, origin: &Path) -> Result<Self, TokenizerError> {
+        let inner: tokenizers::Tokenizer =
+            text.parse()
+                .map_err(|error: tokenizers::Error| TokenizerError::Load {
+                    path: origin.to_path_buf(),
+                    message: error.to_string(),
+                })?;
+        Self::with_specials(inner, origin)
+    }
+
+    /// The `tokenizer.json` text [`Tokenizer::save`] writes.
+    pub fn to_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|error| TokenizerError::Save {
+                path: PathBuf::from("<memory>"),
+                message: error.to_string(),
+            })
+    }
+
+    fn with_specials(inner: tokenizers::Tokenizer, path: &Path) -> Result<Self, TokenizerError> {
         let find = |names: &[&str]| names.iter().find_map(|name| inner.token_to_id(name));
         let require = |names: &[&str], what: &'static str| {
             find(names).ok_or_else(|| TokenizerError::MissingSpecial {
@@ -322,23 +347,27 @@ mod tests {
             let tokenizer = trained(lowercase);
             let path = dir.path().join(format!("tokenizer-{lowercase}.json"));
             tokenizer.save(&path).unwrap();
-            let loaded = Tokenizer::load(&path).unwrap();
-            assert_eq!(loaded.vocab_size(), tokenizer.vocab_size());
-            assert_eq!(
-                (
-                    loaded.pad_id(),
-                    loaded.bos_id(),
-                    loaded.eos_id(),
-                    loaded.mask_id()
-                ),
-                (0, Some(1), 2, Some(3))
-            );
-            for caption in captions()
-                .iter()
-                .take(6)
-                .chain(&["Unseen WORDS ü 日本".to_string()])
-            {
-                assert_eq!(loaded.encode(caption, 32), tokenizer.encode(caption, 32));
+            // Through a file, and through the JSON text (how data-parallel ranks get rank 0's).
+            let from_text =
+                Tokenizer::from_json(&tokenizer.to_json().unwrap(), Path::new("text")).unwrap();
+            for loaded in [Tokenizer::load(&path).unwrap(), from_text] {
+                assert_eq!(loaded.vocab_size(), tokenizer.vocab_size());
+                assert_eq!(
+                    (
+                        loaded.pad_id(),
+                        loaded.bos_id(),
+                        loaded.eos_id(),
+                        loaded.mask_id()
+                    ),
+                    (0, Some(1), 2, Some(3))
+                );
+                for caption in captions()
+                    .iter()
+                    .take(6)
+                    .chain(&["Unseen WORDS ü 日本".to_string()])
+                {
+                    assert_eq!(loaded.encode(caption, 32), tokenizer.encode(caption, 32));
+                }
             }
         }
     }

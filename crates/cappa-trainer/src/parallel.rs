@@ -53,6 +53,21 @@ pub(crate) fn gather_json<T: Serialize + DeserializeOwned>(
         .collect())
 }
 
+/// Rank 0's `text` on every rank (the others pass `None`).
+pub(crate) fn broadcast_text(pg: &ProcessGroup, text: Option<String>) -> Result<String, DistError> {
+    let device = scalar_device(pg);
+    let bytes = text.unwrap_or_default().into_bytes();
+    let mut len = Tensor::from_slice(&[bytes.len() as i64]).to_device(device);
+    pg.broadcast(&mut len, 0)?;
+    let len = len.int64_value(&[0]) as usize;
+    let mut padded = bytes;
+    padded.resize(len, 0);
+    let mut data = Tensor::from_slice(&padded).to_device(device);
+    pg.broadcast(&mut data, 0)?;
+    let bytes: Vec<u8> = Vec::try_from(&data.to_device(Device::Cpu)).expect("u8 bytes");
+    Ok(String::from_utf8(bytes).expect("rank 0 sends UTF-8"))
+}
+
 /// `value` averaged over the ranks.
 pub(crate) fn mean_over_ranks(pg: &ProcessGroup, value: f64) -> Result<f64, DistError> {
     let mut t = Tensor::from_slice(&[value]).to_device(scalar_device(pg));

@@ -299,10 +299,23 @@ impl Trainer {
             }
             check_resumable(run_dir, &config)?;
         }
-        let tokenizer = match (&latest, &config.data.tokenizer) {
-            (Some(_), _) => Tokenizer::load(run_dir.join(TOKENIZER_FILE))?,
-            (None, Some(path)) => Tokenizer::load(path)?,
-            (None, None) => train_tokenizer(&config)?,
+        let tokenizer = match (&latest, &config.data.tokenizer, &options.dist) {
+            (Some(_), _, _) => Tokenizer::load(run_dir.join(TOKENIZER_FILE))?,
+            // A new data-parallel run: every rank uses rank 0's tokenizer, sent to it.
+            (None, _, Some(pg)) if pg.rank() != 0 => {
+                let text = crate::parallel::broadcast_text(pg, None)?;
+                Tokenizer::from_json(&text, Path::new("<rank 0's tokenizer>"))?
+            }
+            (None, given, dist) => {
+                let tokenizer = match given {
+                    Some(path) => Tokenizer::load(path)?,
+                    None => train_tokenizer(&config)?,
+                };
+                if let Some(pg) = dist {
+                    crate::parallel::broadcast_text(pg, Some(tokenizer.to_json()?))?;
+                }
+                tokenizer
+            }
         };
         let model_config = config.model_config(tokenizer.vocab_size() as i64)?;
         let flops_per_example = train_flops(model_config.forward_flops());
@@ -592,13 +605,8 @@ impl Trainer {
                         // over ranks is theirs once.
                         let world = pg.world_size() as f64;
                         let share = |p: &Tensor| p.detach() + (p - p.detach()) / world;
-                        let scale = share(&clip.logit_scale);
-                        match &clip.logit_bias {
-                            Some(bias) => {
-                                contrastive_sigmoid_loss(&image, &text, &scale, &share(bias))
-                            }
-                            None => contrastive_softmax_loss(&image, &text, &scale),
-                        }
+                        let bias = clip.logit_bias.as_ref().map(share);
+                        contrastive_loss_of(&image, &text, &share(&clip.logit_scale), bias.as_ref())
                     }
                 }
             }
@@ -1061,9 +1069,19 @@ impl Trainer {
 
 /// The loss the CLIP model was configured for: sigmoid when it has a logit bias, else softmax.
 fn contrastive_loss(clip: &cappa_models::Clip, image: &Tensor, text: &Tensor) -> Tensor {
-    match &clip.logit_bias {
-        Some(bias) => contrastive_sigmoid_loss(image, text, &clip.logit_scale, bias),
-        None => contrastive_softmax_loss(image, text, &clip.logit_scale),
+    contrastive_loss_of(image, text, &clip.logit_scale, clip.logit_bias.as_ref())
+}
+
+/// Sigmoid loss with a logit bias, softmax without.
+fn contrastive_loss_of(
+    image: &Tensor,
+    text: &Tensor,
+    scale: &Tensor,
+    bias: Option<&Tensor>,
+) -> Tensor {
+    match bias {
+        Some(bias) => contrastive_sigmoid_loss(image, text, scale, bias),
+        None => contrastive_softmax_loss(image, text, scale),
     }
 }
 
