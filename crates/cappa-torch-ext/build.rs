@@ -16,7 +16,6 @@ fn main() {
     // installing them rebuilds the shim (watching files that may not exist would rebuild it
     // on every build instead).
     println!("cargo:rerun-if-env-changed=CAPPA_TORCH_EXT_HEADERS");
-    println!("cargo:rustc-check-cfg=cfg(cappa_c10d)");
     let lib_dir = PathBuf::from(std::env::var("DEP_TCH_LIBTORCH_LIB").unwrap_or_default());
     let torch = lib_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let include = torch.join("include");
@@ -55,10 +54,6 @@ fn main() {
             .define("USE_C10D_NCCL", None)
             .define("USE_CUDA", None)
             .define("CAPPA_WITH_NCCL", None);
-    }
-    let c10d = missing.is_empty() || with_nccl;
-    if c10d {
-        println!("cargo:rustc-cfg=cappa_c10d");
     }
     let why = if missing.is_empty() {
         String::new()

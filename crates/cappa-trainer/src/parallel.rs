@@ -12,7 +12,7 @@
 //! - the flat gradient is summed over ranks in buckets of [`GRAD_BUCKET_BYTES`], so every
 //!   rank takes the identical AdamW step (clipping sees the global gradient norm);
 //! - the reported loss is averaged over ranks, and the decision to skip a non-finite step or
-//!   to stop on Ctrl-C is taken by all ranks together.
+//!   to stop on Ctrl-C is taken by all ranks together (one small all-reduce per step).
 //!
 //! Only rank 0 writes (run directory, checkpoints, metrics, summary) and shows progress; the
 //! checkpoint keeps every rank's data cursor so that a resumed run continues each rank's
@@ -68,18 +68,17 @@ pub(crate) fn broadcast_text(pg: &ProcessGroup, text: Option<String>) -> Result<
     Ok(String::from_utf8(bytes).expect("rank 0 sends UTF-8"))
 }
 
-/// `value` averaged over the ranks.
-pub(crate) fn mean_over_ranks(pg: &ProcessGroup, value: f64) -> Result<f64, DistError> {
-    let mut t = Tensor::from_slice(&[value]).to_device(scalar_device(pg));
-    pg.all_reduce(&mut t, ReduceOp::Avg)?;
-    Ok(t.double_value(&[0]))
-}
-
-/// Whether `flag` is set on any rank.
-pub(crate) fn any_rank(pg: &ProcessGroup, flag: bool) -> Result<bool, DistError> {
-    let mut t = Tensor::from_slice(&[i64::from(flag)]).to_device(scalar_device(pg));
-    pg.all_reduce(&mut t, ReduceOp::Max)?;
-    Ok(t.int64_value(&[0]) != 0)
+/// `value` averaged over the ranks, and whether `flag` is set on any rank: one collective.
+pub(crate) fn mean_and_any(
+    pg: &ProcessGroup,
+    value: f64,
+    flag: bool,
+) -> Result<(f64, bool), DistError> {
+    let mut t =
+        Tensor::from_slice(&[value, f64::from(u8::from(flag))]).to_device(scalar_device(pg));
+    pg.all_reduce(&mut t, ReduceOp::Sum)?;
+    let world = pg.world_size() as f64;
+    Ok((t.double_value(&[0]) / world, t.double_value(&[1]) > 0.0))
 }
 
 /// Elements of `kind` in one gradient bucket.

@@ -205,6 +205,8 @@ pub struct Trainer {
     hooks: Vec<Box<dyn EvalHook>>,
     checkpointed_step: Option<u64>,
     seconds_before: f64,
+    /// Data parallel: whether some rank was asked to stop (Ctrl-C), as of the last step.
+    stop_agreed: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -428,6 +430,7 @@ impl Trainer {
             hooks: Vec::new(),
             checkpointed_step,
             seconds_before,
+            stop_agreed: false,
         };
         if trainer.config.eval.every > 0 && main_rank {
             trainer.validation = trainer.validation_batches()?;
@@ -684,8 +687,10 @@ impl Trainer {
         }
         let mut loss = loss_sum / parts;
         if let Some(pg) = &self.options.dist {
-            // Every rank sees the same loss, so all take the same skip-or-step decision.
-            loss = crate::parallel::mean_over_ranks(pg, loss)?;
+            // One small collective: every rank sees the same loss, so all take the same
+            // skip-or-step decision, and learns whether any rank was asked to stop.
+            let asked = self.interrupt_requested();
+            (loss, self.stop_agreed) = crate::parallel::mean_and_any(pg, loss, asked)?;
         }
         let report = if loss.is_finite() {
             match &self.options.dist {
@@ -729,6 +734,11 @@ impl Trainer {
             lr,
             applied: report.applied,
         })
+    }
+
+    /// Whether this process was asked to stop (the interrupt flag of the options).
+    fn interrupt_requested(&self) -> bool {
+        (self.options.interrupt.as_ref()).is_some_and(|flag| flag.load(Ordering::Relaxed))
     }
 
     fn uses_dropout(&self) -> bool {
@@ -871,15 +881,11 @@ impl Trainer {
             if step.is_multiple_of(self.config.checkpoint_every) && step < stop_at {
                 self.save_checkpoint()?;
             }
-            let mut interrupted = self
-                .options
-                .interrupt
-                .as_ref()
-                .is_some_and(|flag| flag.load(Ordering::Relaxed));
-            if let Some(pg) = &self.options.dist {
-                // All ranks stop after the same step.
-                interrupted = crate::parallel::any_rank(pg, interrupted)?;
-            }
+            // Data parallel: all ranks stop after the same step, as agreed in `step_on`.
+            let interrupted = match self.options.dist {
+                Some(_) => self.stop_agreed,
+                None => self.interrupt_requested(),
+            };
             if interrupted {
                 progress.println(&format!("interrupted after step {step}"));
                 break;

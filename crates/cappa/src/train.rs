@@ -195,10 +195,14 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         trainer.train_flops_per_example(),
         run_dir.display()
     );
+    let launch = match trainer.config().world_size {
+        1 => String::new(),
+        n => format!("launch --nproc {n} "),
+    };
     let summary = trainer.run()?;
     if !summary.finished {
         eprintln!(
-            "interrupted at step {} of {}; checkpoint {}. Continue with: cappa train --out {} --resume auto",
+            "interrupted at step {} of {}; checkpoint {}. Continue with: cappa {launch}train --out {} --resume auto",
             summary.steps,
             summary.total_steps,
             summary.checkpoint.display(),
