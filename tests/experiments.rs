@@ -1,16 +1,19 @@
 //! The experiments end to end: `compare --preset test` trains, evaluates and reports, a rerun
 //! reuses every stage, an interrupted comparison continues to the same results, and `scale
 //! --preset test` sweeps both axes. Each report's numbers are checked against its
-//! results.json, and every plot must decode as a PNG.
+//! results.json, results.json must parse back into the results bit for bit, and every plot
+//! must decode as a PNG.
 
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use cappa::experiment::{
-    compare, scale, CompareOptions, CompareResults, Interrupted, Preset, ScalePreset,
+    compare, scale, CompareOptions, CompareResults, Interrupted, Preset, ScalePreset, ScaleResults,
+    REPORT_FILE, RESULTS_FILE,
 };
-use cappa_trainer::ProgressMode;
+use cappa_trainer::{Objective, ProgressMode};
 use serde_json::Value;
 
 fn options(out: &Path) -> CompareOptions {
@@ -19,20 +22,27 @@ fn options(out: &Path) -> CompareOptions {
     options
 }
 
-fn read_json(path: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(path).expect("readable")).expect("JSON")
+/// The results file in `dir`, parsed as `$type`; it must be exactly `$written` serialised
+/// (pretty, with a final newline) and parse back to the same bytes: nothing is lost or
+/// reformatted on the way.
+macro_rules! read_results {
+    ($dir:expr, $written:expr, $type:ty) => {{
+        let text = std::fs::read_to_string($dir.join(RESULTS_FILE)).expect("results.json");
+        let pretty = |value: &$type| serde_json::to_string_pretty(value).expect("JSON") + "\n";
+        assert_eq!(pretty($written), text, "results.json is the results");
+        let parsed: $type = serde_json::from_str(&text).expect("results.json parses");
+        assert_eq!(pretty(&parsed), text, "results.json round-trips");
+        parsed
+    }};
 }
 
 /// Every plot the results list exists and decodes as a PNG of a sensible size.
-fn assert_plots(dir: &Path, plots: &Value, expected: &[&str]) {
-    let plots: Vec<&str> = plots
-        .as_array()
-        .expect("a list of plots")
-        .iter()
-        .map(|p| p.as_str().expect("a path"))
-        .collect();
+fn assert_plots(dir: &Path, plots: &[String], expected: &[&str]) {
     for name in expected {
-        assert!(plots.contains(name), "{name} missing from {plots:?}");
+        assert!(
+            plots.iter().any(|p| p == name),
+            "{name} missing from {plots:?}"
+        );
     }
     for plot in plots {
         let bytes = std::fs::read(dir.join(plot)).expect("the plot exists");
@@ -54,6 +64,109 @@ fn report_cell(report: &str, group: &str, label: &str, column: usize) -> String 
     cells[2 + column].trim_matches('*').to_string()
 }
 
+/// Every table number of the report is the one in results.json, and a dash where an
+/// objective has no value.
+fn assert_table_matches(results: &CompareResults, report: &str) {
+    let mut checked = 0;
+    for row in results.metrics.iter().filter(|r| r.in_table) {
+        let (group, label) = (row.group.name(), row.label.as_str());
+        for (k, objective) in results.objectives.iter().enumerate() {
+            let cell = report_cell(report, group, label, k);
+            match row.values.get(*objective) {
+                Some(v) => {
+                    assert_eq!(
+                        cell,
+                        format!("{:.3}", v.mean),
+                        "{group} {label} {objective:?}"
+                    );
+                    assert!((0.0..=10.0).contains(&v.mean));
+                    checked += 1;
+                }
+                None => assert_eq!(cell, "–", "{group} {label} {objective:?}"),
+            }
+        }
+    }
+    assert!(checked >= 60, "only {checked} numbers checked");
+}
+
+/// Captioning applies to captioners only; retrieval, compositional and few-shot to all three.
+fn assert_rows_cover_the_objectives(results: &CompareResults) {
+    let row = |id: &str| {
+        results
+            .metrics
+            .iter()
+            .find(|r| r.id == id)
+            .unwrap_or_else(|| panic!("no metric {id}"))
+    };
+    let cider = row("captioning/greedy/cider_d");
+    assert!(!cider.values.contains(Objective::Clip));
+    assert!(cider.values.contains(Objective::Cap));
+    for id in [
+        "compositional/relation_swap",
+        "retrieval/image_to_text/r1",
+        "few_shot/10/colour",
+    ] {
+        assert_eq!(row(id).values.len(), 3, "{id}");
+    }
+}
+
+/// Matched compute: same encoder, same examples, FLOPs per example within a text layer; the
+/// report states every model's size.
+fn assert_matched_compute(results: &CompareResults, report: &str) {
+    let models = &results.models;
+    assert_eq!(models.len(), 3);
+    let flops: Vec<f64> = models.iter().map(|m| m.train_flops_per_example).collect();
+    assert!(models.iter().all(|m| m.examples_seen == 320));
+    assert!(
+        flops.iter().all(|f| (f / flops[1] - 1.0).abs() < 0.15),
+        "{flops:?}"
+    );
+    assert!(models[0].matched_text_depth.is_some());
+    for m in models {
+        let params = m.params.to_string();
+        assert!(
+            report.contains(&params),
+            "the report states {params} parameters"
+        );
+    }
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A rerun reuses every stage: neither a checkpoint nor an evaluation is rewritten, and the
+/// results are the same.
+fn assert_rerun_reuses_every_stage(preset: &Preset, out: &Path, results: &CompareResults) {
+    let step = out.join("seed-0/cap/checkpoints/step-00000020");
+    let (weights, evaluation) = (
+        step.join("model.safetensors"),
+        step.join("eval/results.json"),
+    );
+    let before = (modified(&weights), modified(&evaluation));
+    let again = compare(preset, &options(out)).expect("rerun");
+    assert_eq!((modified(&weights), modified(&evaluation)), before);
+    assert_eq!(metrics_json(&again), metrics_json(results));
+}
+
+/// Interrupted in its first training stage, the comparison stops with a checkpoint; run
+/// again, it continues and ends with the same numbers as the uninterrupted one.
+fn assert_interrupted_run_continues(preset: &Preset, out: &Path, results: &CompareResults) {
+    let mut stopped = options(out);
+    stopped.interrupt = Some(Arc::new(AtomicBool::new(true)));
+    let error = compare(preset, &stopped).expect_err("stops");
+    assert!(error.downcast_ref::<Interrupted>().is_some(), "{error:#}");
+    assert!(out.join("seed-0/clip/checkpoints/step-00000001").is_dir());
+    let resumed = compare(preset, &options(out)).expect("continues");
+    assert_eq!(metrics_json(&resumed), metrics_json(results));
+}
+
+fn metrics_json(results: &CompareResults) -> Value {
+    serde_json::to_value(&results.metrics).expect("serialises")
+}
+
 #[test]
 fn compare_reports_what_results_json_holds_and_reuses_or_continues_its_stages() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -61,78 +174,19 @@ fn compare_reports_what_results_json_holds_and_reuses_or_continues_its_stages() 
     let preset = Preset::named("test").expect("built-in");
     let results = compare(&preset, &options(&out)).expect("compare runs");
 
-    let json = read_json(&out.join("results.json"));
-    let report = std::fs::read_to_string(out.join("report.md")).expect("report.md");
-    let objectives: Vec<String> = serde_json::from_value(json["objectives"].clone()).expect("list");
-    assert_eq!(objectives, ["clip", "cap", "cap_pa"]);
-    // Every table number of the report is the one in results.json.
-    let mut checked = 0;
-    for row in json["metrics"].as_array().expect("metrics") {
-        if row["in_table"] != true {
-            continue;
-        }
-        let (group, label) = (
-            row["group"].as_str().unwrap(),
-            row["label"].as_str().unwrap(),
-        );
-        for (k, objective) in objectives.iter().enumerate() {
-            let cell = report_cell(&report, group, label, k);
-            match row["values"].get(objective) {
-                Some(v) => {
-                    let mean = v["mean"].as_f64().expect("mean");
-                    assert_eq!(cell, format!("{mean:.3}"), "{group} {label} {objective}");
-                    assert!((0.0..=10.0).contains(&mean));
-                    checked += 1;
-                }
-                None => assert_eq!(cell, "–", "{group} {label} {objective}"),
-            }
-        }
-    }
-    assert!(checked >= 60, "only {checked} numbers checked");
-    // Captioning applies to captioners only; retrieval and compositional to all three.
-    let row = |id: &str| {
-        json["metrics"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("no metric {id}"))
-            .clone()
-    };
-    assert!(row("captioning/greedy/cider_d")["values"]
-        .get("clip")
-        .is_none());
-    for id in [
-        "compositional/relation_swap",
-        "retrieval/image_to_text/r1",
-        "few_shot/10/colour",
-    ] {
-        assert_eq!(row(id)["values"].as_object().unwrap().len(), 3, "{id}");
-    }
-    // Matched compute: same encoder, same examples, FLOPs per example within a text layer.
-    let models = json["models"].as_array().expect("models");
-    assert_eq!(models.len(), 3);
-    let flops: Vec<f64> = models
-        .iter()
-        .map(|m| m["train_flops_per_example"].as_f64().unwrap())
-        .collect();
-    assert!(models.iter().all(|m| m["examples_seen"] == 320));
-    assert!(
-        flops.iter().all(|f| (f / flops[1] - 1.0).abs() < 0.15),
-        "{flops:?}"
+    let json = read_results!(out, &results, CompareResults);
+    let report = std::fs::read_to_string(out.join(REPORT_FILE)).expect("report.md");
+    assert_eq!(
+        json.objectives,
+        [Objective::Clip, Objective::Cap, Objective::CapPa]
     );
-    assert!(models[0]["matched_text_depth"].as_i64().is_some());
-    for m in models {
-        let params = m["params"].as_i64().unwrap().to_string();
-        assert!(
-            report.contains(&params),
-            "the report states {params} parameters"
-        );
-    }
-    assert_eq!(json["findings"].as_array().unwrap().len(), 3);
+    assert_table_matches(&json, &report);
+    assert_rows_cover_the_objectives(&json);
+    assert_matched_compute(&json, &report);
+    assert_eq!(json.findings.len(), 3);
     assert_plots(
         &out,
-        &json["plots"],
+        &json.plots,
         &[
             "plots/loss_curves.png",
             "plots/results.png",
@@ -140,34 +194,8 @@ fn compare_reports_what_results_json_holds_and_reuses_or_continues_its_stages() 
             "plots/captions.png",
         ],
     );
-
-    // A rerun reuses every stage: no checkpoint is rewritten and the results are the same.
-    let weights = |root: &Path| {
-        let path = root.join("seed-0/cap/checkpoints/step-00000020/model.safetensors");
-        std::fs::metadata(path)
-            .expect("weights")
-            .modified()
-            .expect("mtime")
-    };
-    let before = weights(&out);
-    let again = compare(&preset, &options(&out)).expect("rerun");
-    assert_eq!(weights(&out), before);
-    assert_eq!(metrics_json(&again), metrics_json(&results));
-
-    // Interrupted in its first training stage, the comparison stops with a checkpoint; run
-    // again, it continues and ends with the same numbers as the uninterrupted one.
-    let other = dir.path().join("interrupted");
-    let mut stopped = options(&other);
-    stopped.interrupt = Some(Arc::new(AtomicBool::new(true)));
-    let error = compare(&preset, &stopped).expect_err("stops");
-    assert!(error.downcast_ref::<Interrupted>().is_some(), "{error:#}");
-    assert!(other.join("seed-0/clip/checkpoints/step-00000001").is_dir());
-    let resumed = compare(&preset, &options(&other)).expect("continues");
-    assert_eq!(metrics_json(&resumed), metrics_json(&results));
-}
-
-fn metrics_json(results: &CompareResults) -> Value {
-    serde_json::to_value(&results.metrics).expect("serialises")
+    assert_rerun_reuses_every_stage(&preset, &out, &results);
+    assert_interrupted_run_continues(&preset, &dir.path().join("interrupted"), &results);
 }
 
 #[test]
@@ -182,6 +210,15 @@ fn a_preset_that_changed_is_refused_in_the_old_directory() {
     compare(&preset, &options(&out)).expect("runs");
     preset.train["optim"]["lr"] = serde_json::json!(0.01);
     let error = compare(&preset, &options(&out)).expect_err("refused");
+    let Some(cappa::experiment::PresetError::OtherExperiment { dir, fields }) =
+        error.downcast_ref()
+    else {
+        panic!("not refused as another experiment: {error:#}");
+    };
+    assert_eq!(
+        (dir, fields.as_slice()),
+        (&out.join("seed-0/clip"), &["optim.lr".to_string()][..])
+    );
     let message = format!("{error:#}");
     assert!(
         message.contains("optim.lr") && message.contains("--out"),
@@ -197,32 +234,30 @@ fn scale_sweeps_size_examples_and_caption_noise() {
     let results = scale(&preset, &options(&out)).expect("scale runs");
     // 2 sizes × 2 budgets at the first noise level, plus 1 more noise level: 5 points × 2.
     assert_eq!(results.points.len(), 10);
-    let json = read_json(&out.join("results.json"));
-    assert_eq!(json["points"].as_array().unwrap().len(), 10);
+    let json = read_results!(out, &results, ScaleResults);
     let flops = |model: &str, examples: u64| {
-        results
-            .points
+        json.points
             .iter()
-            .find(|p| p.model == model && p.examples == examples && p.objective == "cap")
+            .find(|p| p.model == model && p.examples == examples && p.objective == Objective::Cap)
             .expect("point")
             .train_flops
     };
     // Compute grows with examples (×2) and with model size.
     assert!((flops("w16-d1", 192) / flops("w16-d1", 96) - 2.0).abs() < 0.2);
     assert!(flops("w32-d1", 96) > flops("w16-d1", 96));
-    assert!(results
+    assert!(json
         .points
         .iter()
         .any(|p| p.caption_noise == 0.5 && p.model == "w16-d1" && p.examples == 192));
-    let report = std::fs::read_to_string(out.join("report.md")).expect("report");
-    for p in &results.points {
+    let report = std::fs::read_to_string(out.join(REPORT_FILE)).expect("report");
+    for p in &json.points {
         for v in p.metrics.values() {
             assert!(report.contains(&format!("{v:.3}")), "{v} in the report");
         }
     }
     assert_plots(
         &out,
-        &json["plots"],
+        &json.plots,
         &["plots/compute.png", "plots/caption_noise.png"],
     );
 }

@@ -37,23 +37,64 @@ fn manifest_entries(text: &str) -> Vec<(String, String)> {
     entries
 }
 
+/// The layers of ARCHITECTURE.md's dependency direction, lowest first: a crate may depend
+/// only on crates of lower layers ("nothing points up", no cycles). Cargo forbids cycles but
+/// not a library crate reaching up (the trainer depending on the evaluators, say).
+const LAYERS: &[&[&str]] = &[
+    &["cappa-io", "cappa-torch-ext"],
+    &["cappa-data", "cappa-models"],
+    &["cappa-objectives"],
+    &["cappa-trainer", "cappa-eval"],
+    &["cappa"],
+];
+
+fn layer_of(name: &str) -> Option<usize> {
+    LAYERS.iter().position(|layer| layer.contains(&name))
+}
+
+/// The workspace crates a manifest's `[dependencies]` name.
+fn workspace_dependencies(manifest: &str) -> Vec<String> {
+    manifest_entries(manifest)
+        .into_iter()
+        .filter(|(section, _)| section == "dependencies")
+        .filter_map(|(_, line)| {
+            let name = line.split(['.', ' ', '=']).next()?.to_owned();
+            layer_of(&name).map(|_| name)
+        })
+        .collect()
+}
+
 #[test]
-fn the_workspace_has_every_crate_of_the_architecture() {
+fn library_crates_depend_only_downwards() {
     let root = workspace_root();
-    for name in [
-        "cappa-data",
-        "cappa-models",
-        "cappa-objectives",
-        "cappa-trainer",
-        "cappa-eval",
-        "cappa-torch-ext",
-        "cappa",
-    ] {
-        assert!(
-            root.join("crates").join(name).join("Cargo.toml").exists(),
-            "crates/{name} missing"
-        );
+    for package in packages()
+        .iter()
+        .filter(|p| p.starts_with(root.join("crates")))
+    {
+        let name = package.file_name().unwrap().to_string_lossy().into_owned();
+        let own = layer_of(&name)
+            .unwrap_or_else(|| panic!("crates/{name} is in no layer of ARCHITECTURE.md: add it"));
+        for dependency in workspace_dependencies(&read(&package.join("Cargo.toml"))) {
+            let theirs = layer_of(&dependency).expect("filtered to known crates");
+            assert!(
+                theirs < own,
+                "crates/{name} depends on {dependency}, which is not below it in \
+                 ARCHITECTURE.md's dependency direction"
+            );
+        }
     }
+}
+
+#[test]
+fn the_layer_check_reads_manifests() {
+    // The check above passes vacuously if the manifest reader finds nothing: pin it.
+    let manifest = "[package]\nname = \"x\"\n[dependencies]\ncappa-data.workspace = true\n\
+                    serde.workspace = true\ncappa-models = { workspace = true }\n\
+                    [dev-dependencies]\ncappa.workspace = true\n";
+    assert_eq!(
+        workspace_dependencies(manifest),
+        ["cappa-data", "cappa-models"]
+    );
 }
 
 #[test]
@@ -118,16 +159,55 @@ fn workspace_dependencies_are_pinned_to_a_full_version() {
     }
 }
 
+/// The README's two set-up commands: the lines of the fenced block under "## The two
+/// commands", without their comments.
+fn readme_commands(readme: &str) -> Vec<String> {
+    let section = readme
+        .split("## The two commands")
+        .nth(1)
+        .expect("README.md has a section \"## The two commands\"");
+    let block = section
+        .split("```")
+        .nth(1)
+        .expect("that section opens with a fenced code block");
+    block
+        .lines()
+        .skip(1) // the fence's language tag
+        .map(|line| line.split('#').next().unwrap_or("").trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
+/// The commands `.ci/run` executes: its lines without comments, `exec` dropped.
+fn executed_lines(script: &str) -> Vec<String> {
+    script
+        .lines()
+        .map(|line| line.split('#').next().unwrap_or("").trim())
+        .map(|line| line.strip_prefix("exec ").unwrap_or(line).trim().to_owned())
+        .filter(|line| !line.is_empty())
+        .collect()
+}
+
 #[test]
 fn ci_runs_the_readme_test_command() {
     let root = workspace_root();
-    let ci = read(&root.join(".ci/run"));
-    let readme = read(&root.join("README.md"));
-    assert!(
-        ci.contains("cargo xtask test"),
-        ".ci/run must call `cargo xtask test`"
+    let commands = readme_commands(&read(&root.join("README.md")));
+    assert_eq!(
+        commands,
+        ["cargo xtask compare", "cargo xtask test"],
+        "README.md's two commands: the main job and the tests"
     );
-    for command in ["cargo xtask test", "cargo xtask compare"] {
-        assert!(readme.contains(command), "README.md must show `{command}`");
-    }
+    let ci = executed_lines(&read(&root.join(".ci/run")));
+    assert!(
+        ci.iter().any(|line| line == &commands[1]),
+        ".ci/run must execute the README's test command `{}` (not only mention it); it runs {ci:?}",
+        commands[1]
+    );
+}
+
+#[test]
+fn the_ci_check_ignores_comments() {
+    let script = "#!/usr/bin/env bash\n# runs cargo xtask test\nset -e\nexec cargo xtask test\n";
+    assert_eq!(executed_lines(script), ["set -e", "cargo xtask test"]);
+    assert!(!executed_lines("# cargo xtask test\n").contains(&"cargo xtask test".to_owned()));
 }

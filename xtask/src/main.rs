@@ -112,39 +112,11 @@ fn run(task: Task) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Task::Test { args } => {
-            let libtorch = libtorch::setup(Verbosity::Quiet)?;
-            let steps: [(&str, Vec<OsString>); 3] = [
-                ("formatting", os_args(&["fmt", "--all", "--", "--check"])),
-                (
-                    "clippy",
-                    os_args(&[
-                        "clippy",
-                        "--workspace",
-                        "--all-targets",
-                        "--",
-                        "-D",
-                        "warnings",
-                    ]),
-                ),
-                ("tests", [os_args(&["test", "--workspace"]), args].concat()),
-            ];
-            for (name, cargo_args) in steps {
-                eprintln!("xtask: {name}: cargo {}", display_args(&cargo_args));
-                let code = cargo(&root, &libtorch, &cargo_args)?;
-                if code != 0 {
-                    eprintln!("xtask: {name} failed (exit status {code})");
-                    return Ok(exit_code(code));
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Task::Test { args } => test(&root, args),
         Task::Bench { which } => {
             let libtorch = libtorch::setup(Verbosity::Quiet)?;
-            let build = os_args(&["build", "--quiet", "--release", "--package", "cappa"]);
-            let code = cargo(&root, &libtorch, &build)?;
-            if code != 0 {
-                return Ok(exit_code(code));
+            if let Some(code) = build_release(&root, &libtorch)? {
+                return Ok(code);
             }
             match which {
                 Some(which) => bench::run(which, &root, &libtorch)?,
@@ -152,70 +124,112 @@ fn run(task: Task) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Task::DeviceBench { local } => {
-            let libtorch = libtorch::setup(Verbosity::Quiet)?;
-            let build = os_args(&["build", "--quiet", "--release", "--package", "cappa"]);
-            let code = cargo(&root, &libtorch, &build)?;
-            if code != 0 {
-                return Ok(exit_code(code));
-            }
-            let release = root.join("target/release/cappa");
-            anyhow::ensure!(release.is_file(), "{} was not built", release.display());
-            // A stripped copy (≈17 MB instead of ≈150 MB with line tables) to carry.
-            let binary = root.join("target/device-bench/bin/cappa");
-            std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
-            std::fs::copy(&release, &binary)
-                .with_context(|| format!("could not copy {}", release.display()))?;
-            if !Command::new("strip")
-                .arg(&binary)
-                .status()
-                .is_ok_and(|s| s.success())
-            {
-                eprintln!(
-                    "xtask: `strip` failed; {} keeps its debug lines",
-                    binary.display()
-                );
-            }
-            if !local {
-                println!(
-                    "Built {}. On a machine with a CUDA GPU and torch 2.11 (CUDA) in \
-                     /opt/torch/.venv (else set TORCH_VENV), from a copy of this tree with that \
-                     binary carried along, run:\n\n    bash scripts/device_bench.sh\n\n\
-                     (≈5 minutes on an H200; the device tool: carry \
-                     [\"target/device-bench/bin/cappa\"], timeout_s 540). Results: \
-                     $OUT/device-bench.md (OUT defaults to target/device-bench) and JSON beside it.",
-                    binary.display()
-                );
-                return Ok(ExitCode::SUCCESS);
-            }
-            let Libtorch::Python { torch, .. } = &libtorch else {
-                anyhow::bail!("--local needs a Python torch (cappa's virtualenv); LIBTORCH is set");
-            };
-            let venv = torch
-                .python
-                .parent()
-                .and_then(Path::parent)
-                .context("the Python's environment")?;
-            let status = Command::new("bash")
-                .arg(root.join("scripts/device_bench.sh"))
-                .current_dir(&root)
-                .envs([
-                    ("TORCH_VENV", venv.as_os_str()),
-                    ("DEVICE", "cpu".as_ref()),
-                    ("PRESET", "tiny".as_ref()),
-                    ("BATCHES", "32".as_ref()),
-                    ("SEQ_LEN", "16".as_ref()),
-                    ("STEPS", "3".as_ref()),
-                    ("OUT", root.join("target/device-bench-local").as_os_str()),
-                ])
-                .status()
-                .context("could not run bash")?;
-            Ok(exit_code(status.code().unwrap_or(1)))
-        }
+        Task::DeviceBench { local } => device_bench(&root, local),
         Task::Run { args } => run_cappa(&root, &[], args),
         Task::Compare { args } => run_cappa(&root, &["compare"], args),
         Task::Scale { args } => run_cappa(&root, &["scale"], args),
     }
+}
+
+/// `cargo xtask test`: formatting, clippy with warnings denied, then the workspace's tests.
+fn test(root: &Path, args: Vec<OsString>) -> Result<ExitCode> {
+    let libtorch = libtorch::setup(Verbosity::Quiet)?;
+    let clippy = [
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ];
+    let steps: [(&str, Vec<OsString>); 3] = [
+        ("formatting", os_args(&["fmt", "--all", "--", "--check"])),
+        ("clippy", os_args(&clippy)),
+        ("tests", [os_args(&["test", "--workspace"]), args].concat()),
+    ];
+    for (name, cargo_args) in steps {
+        eprintln!("xtask: {name}: cargo {}", display_args(&cargo_args));
+        let code = cargo(root, &libtorch, &cargo_args)?;
+        if code != 0 {
+            eprintln!("xtask: {name} failed (exit status {code})");
+            return Ok(exit_code(code));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Builds the release `cappa` binary; the exit code to return if the build failed.
+fn build_release(root: &Path, libtorch: &Libtorch) -> Result<Option<ExitCode>> {
+    let build = os_args(&["build", "--quiet", "--release", "--package", "cappa"]);
+    let code = cargo(root, libtorch, &build)?;
+    Ok((code != 0).then(|| exit_code(code)))
+}
+
+/// `cargo xtask device-bench`: a stripped release binary to carry to a GPU machine, and how to
+/// run the checks there; `--local` runs the script here on the CPU at the tiny preset.
+fn device_bench(root: &Path, local: bool) -> Result<ExitCode> {
+    let libtorch = libtorch::setup(Verbosity::Quiet)?;
+    if let Some(code) = build_release(root, &libtorch)? {
+        return Ok(code);
+    }
+    let binary = stripped_copy(root)?;
+    if !local {
+        println!(
+            "Built {}. On a machine with a CUDA GPU and torch 2.11 (CUDA) in \
+             /opt/torch/.venv (else set TORCH_VENV), from a copy of this tree with that \
+             binary carried along, run:\n\n    bash scripts/device_bench.sh\n\n\
+             (≈5 minutes on an H200; the device tool: carry \
+             [\"target/device-bench/bin/cappa\"], timeout_s 540). Results: \
+             $OUT/device-bench.md (OUT defaults to target/device-bench) and JSON beside it.",
+            binary.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let Libtorch::Python { torch, .. } = &libtorch else {
+        anyhow::bail!("--local needs a Python torch (cappa's virtualenv); LIBTORCH is set");
+    };
+    let venv = torch
+        .python
+        .parent()
+        .and_then(Path::parent)
+        .context("the Python's environment")?;
+    let status = Command::new("bash")
+        .arg(root.join("scripts/device_bench.sh"))
+        .current_dir(root)
+        .envs([
+            ("TORCH_VENV", venv.as_os_str()),
+            ("DEVICE", "cpu".as_ref()),
+            ("PRESET", "tiny".as_ref()),
+            ("BATCHES", "32".as_ref()),
+            ("SEQ_LEN", "16".as_ref()),
+            ("STEPS", "3".as_ref()),
+            ("OUT", root.join("target/device-bench-local").as_os_str()),
+        ])
+        .status()
+        .context("could not run bash")?;
+    Ok(exit_code(status.code().unwrap_or(1)))
+}
+
+/// A stripped copy of the release binary (≈17 MB instead of ≈150 MB with line tables), to
+/// carry to a GPU machine.
+fn stripped_copy(root: &Path) -> Result<PathBuf> {
+    let release = root.join("target/release/cappa");
+    anyhow::ensure!(release.is_file(), "{} was not built", release.display());
+    let binary = root.join("target/device-bench/bin/cappa");
+    std::fs::create_dir_all(binary.parent().expect("has a parent"))?;
+    std::fs::copy(&release, &binary)
+        .with_context(|| format!("could not copy {}", release.display()))?;
+    if !Command::new("strip")
+        .arg(&binary)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        eprintln!(
+            "xtask: `strip` failed; {} keeps its debug lines",
+            binary.display()
+        );
+    }
+    Ok(binary)
 }
 
 /// Builds the `cappa` binary (release) and runs `cappa SUBCOMMAND… ARGS…`.

@@ -10,7 +10,7 @@ use crate::error::DataError;
 use crate::pipeline::{decode, DecodeLimits};
 use crate::readers::{
     expand_paths, read_coco, read_csv, read_karpathy, read_sugarcrepe, read_vqa, CsvConfig,
-    FileSamples, ImageFolder, KarpathySplit, Restval, WebDataset,
+    FileRecord, FileSamples, ImageFolder, KarpathySplit, Restval, WebDataset,
 };
 use crate::sample::{BadSample, ImageData, Sample, SkipCounts};
 
@@ -98,9 +98,7 @@ pub fn detect_format(path: &Path) -> Result<DatasetFormat, DataError> {
             ))
         }
     }
-    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-    let value: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| DataError::format(path, e.to_string()))?;
+    let value: serde_json::Value = cappa_io::read_json(path)?;
     let has = |key: &str| value.get(key).is_some();
     let first_image_has_sentences = value
         .get("images")
@@ -138,40 +136,71 @@ pub fn inspect(patterns: &[String], options: &InspectOptions) -> Result<InspectR
         Some(format) => format,
         None => detect_format(first)?,
     };
-    let root = |path: &Path| {
-        options
-            .image_root
-            .clone()
-            .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default())
-    };
-    let mut report = InspectReport {
-        format,
-        inputs: paths.iter().map(|p| p.display().to_string()).collect(),
-        seen: 0,
-        samples: 0,
-        skipped: SkipCounts::default(),
-        image_width: Summary::default(),
-        image_height: Summary::default(),
-        captions_per_sample: Summary::default(),
-        caption_words: Summary::default(),
-    };
+    let mut report = InspectReport::empty(format, &paths);
     let items: Box<dyn Iterator<Item = Result<Sample, BadSample>>> = match format {
         DatasetFormat::WebDataset => Box::new(WebDataset::new(paths.clone())),
         DatasetFormat::ImageFolder => Box::new(ImageFolder::open(first)?.samples()),
+        DatasetFormat::Vqa => {
+            summarise_questions(&mut report, first)?;
+            return Ok(report);
+        }
+        DatasetFormat::Csv
+        | DatasetFormat::Tsv
+        | DatasetFormat::Coco
+        | DatasetFormat::Karpathy
+        | DatasetFormat::SugarCrepe => Box::new(FileSamples::new(index(format, &paths, options)?)),
+    };
+    summarise_samples(&mut report, items, &options.limits);
+    Ok(report)
+}
+
+impl InspectReport {
+    /// A report of nothing read yet.
+    fn empty(format: DatasetFormat, paths: &[PathBuf]) -> Self {
+        InspectReport {
+            format,
+            inputs: paths.iter().map(|p| p.display().to_string()).collect(),
+            seen: 0,
+            samples: 0,
+            skipped: SkipCounts::default(),
+            image_width: Summary::default(),
+            image_height: Summary::default(),
+            captions_per_sample: Summary::default(),
+            caption_words: Summary::default(),
+        }
+    }
+}
+
+/// Where the images of the annotation file `path` are: the option, else the file's directory.
+fn image_root(options: &InspectOptions, path: &Path) -> PathBuf {
+    options
+        .image_root
+        .clone()
+        .unwrap_or_else(|| path.parent().map(Path::to_path_buf).unwrap_or_default())
+}
+
+/// The index of a file-based format (CSV/TSV tables, COCO, Karpathy, SugarCrepe); every
+/// Karpathy split is read, and a SugarCrepe item's captions are its positive then its
+/// negatives.
+fn index(
+    format: DatasetFormat,
+    paths: &[PathBuf],
+    options: &InspectOptions,
+) -> Result<Vec<FileRecord>, DataError> {
+    let first = &paths[0];
+    let mut records = Vec::new();
+    match format {
         DatasetFormat::Csv | DatasetFormat::Tsv => {
             let config = match format {
                 DatasetFormat::Csv => CsvConfig::comma(),
                 _ => CsvConfig::open_clip(),
             };
-            let mut records = Vec::new();
-            for path in &paths {
+            for path in paths {
                 records.extend(read_csv(path, &config)?);
             }
-            Box::new(FileSamples::new(records))
         }
-        DatasetFormat::Coco => Box::new(FileSamples::new(read_coco(first, &root(first))?)),
+        DatasetFormat::Coco => records = read_coco(first, &image_root(options, first))?,
         DatasetFormat::Karpathy => {
-            let mut records = Vec::new();
             for split in [
                 KarpathySplit::Train,
                 KarpathySplit::Restval,
@@ -180,44 +209,53 @@ pub fn inspect(patterns: &[String], options: &InspectOptions) -> Result<InspectR
             ] {
                 records.extend(read_karpathy(
                     first,
-                    &root(first),
+                    &image_root(options, first),
                     split,
                     Restval::Separate,
                 )?);
             }
-            Box::new(FileSamples::new(records))
         }
         DatasetFormat::SugarCrepe => {
-            let mut samples = Vec::new();
-            for path in &paths {
-                for item in read_sugarcrepe(path, &root(path))? {
-                    let record = crate::readers::FileRecord {
+            for path in paths {
+                for item in read_sugarcrepe(path, &image_root(options, path))? {
+                    records.push(FileRecord {
                         key: item.image_path.display().to_string(),
                         path: item.image_path.clone(),
                         captions: std::iter::once(item.caption)
                             .chain(item.negatives)
                             .collect(),
                         meta: serde_json::Value::Null,
-                    };
-                    samples.push(record);
+                    });
                 }
             }
-            Box::new(FileSamples::new(samples))
         }
-        DatasetFormat::Vqa => {
-            // Questions only: count them and summarise their lengths.
-            for item in read_vqa(first, None)? {
-                report.seen += 1;
-                report.samples += 1;
-                report.captions_per_sample.add(1.0);
-                report
-                    .caption_words
-                    .add(item.question.split_whitespace().count() as f64);
-            }
-            return Ok(report);
+        DatasetFormat::WebDataset | DatasetFormat::ImageFolder | DatasetFormat::Vqa => {
+            unreachable!("{format:?} is read without an index")
         }
-    };
-    // Decode in chunks so that images are checked in parallel but memory stays bounded.
+    }
+    Ok(records)
+}
+
+/// VQA questions only: counts them and summarises their lengths.
+fn summarise_questions(report: &mut InspectReport, questions: &Path) -> Result<(), DataError> {
+    for item in read_vqa(questions, None)? {
+        report.seen += 1;
+        report.samples += 1;
+        report.captions_per_sample.add(1.0);
+        report
+            .caption_words
+            .add(item.question.split_whitespace().count() as f64);
+    }
+    Ok(())
+}
+
+/// Decodes every image and looks at every caption, in chunks so that images are checked in
+/// parallel but memory stays bounded.
+fn summarise_samples(
+    report: &mut InspectReport,
+    items: impl Iterator<Item = Result<Sample, BadSample>>,
+    limits: &DecodeLimits,
+) {
     let mut items = items.peekable();
     while items.peek().is_some() {
         let chunk: Vec<_> = items.by_ref().take(256).collect();
@@ -227,7 +265,7 @@ pub fn inspect(patterns: &[String], options: &InspectOptions) -> Result<InspectR
                 let sample = item.map_err(|bad| bad.reason)?;
                 let size = match &sample.image {
                     ImageData::Rgb(image) => image.dimensions(),
-                    ImageData::Encoded(_) => decode(&sample.image, &options.limits)?.dimensions(),
+                    ImageData::Encoded(_) => decode(&sample.image, limits)?.dimensions(),
                 };
                 Ok((size, sample.captions))
             })
@@ -250,7 +288,6 @@ pub fn inspect(patterns: &[String], options: &InspectOptions) -> Result<InspectR
             }
         }
     }
-    Ok(report)
 }
 
 impl std::fmt::Display for InspectReport {

@@ -10,7 +10,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use cappa_data::loader::{Loader, LoaderConfig, SceneSource};
-//! use cappa_data::pipeline::{DecodeLimits, Normalize, TrainTransform};
+//! use cappa_data::pipeline::TrainTransform;
 //! use cappa_data::scene::{SceneConfig, SceneWorld};
 //! use cappa_data::tokenizer::Tokenizer;
 //!
@@ -18,10 +18,8 @@
 //! let captions = (0..200).map(|i| world.sample(i).captions.join(" "));
 //! let tokenizer = Arc::new(Tokenizer::train_bpe(captions, 400, true)?);
 //! let config = LoaderConfig {
-//!     batch_size: 8, seq_len: 16, transform: TrainTransform::cappa(32),
-//!     normalize: Normalize::MinusOneToOne, limits: DecodeLimits::default(), seed: 0,
-//!     threads: 2, prefetch: 2, max_bad_fraction: 0.01, min_samples_for_bad_check: 1000,
-//!     pin_memory: false,
+//!     batch_size: 8, seq_len: 16, transform: TrainTransform::cappa(32), threads: 2,
+//!     ..LoaderConfig::default()
 //! };
 //! let mut loader = Loader::start(Box::new(SceneSource::new(world, 0, 1)), tokenizer, config, None)?;
 //! let batch = loader.next().unwrap()?;

@@ -43,6 +43,11 @@ pub trait SampleSource: Send {
     fn restore(&mut self, cursor: SourceCursor) -> Result<(), DataError>;
 }
 
+/// Samples a loader must have seen before it checks the fraction of bad ones, so that a few
+/// broken files at the start of a stream (one bad image among the first ten would be 10 %) do
+/// not stop a run whose data is fine on the whole.
+pub const MIN_SAMPLES_FOR_BAD_CHECK: u64 = 1000;
+
 /// Settings of a [`Loader`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -61,11 +66,33 @@ pub struct LoaderConfig {
     /// Stop with an error once more than this fraction of the samples seen were bad (checked
     /// after at least `min_samples_for_bad_check` samples).
     pub max_bad_fraction: f64,
+    /// See [`MIN_SAMPLES_FOR_BAD_CHECK`], the default.
     pub min_samples_for_bad_check: u64,
     /// Build batches in page-locked memory (for a CUDA consumer: asynchronous copies to the
     /// GPU that overlap with its compute). Needs libtorch with CUDA.
     #[serde(default)]
     pub pin_memory: bool,
+}
+
+impl Default for LoaderConfig {
+    /// Batches of 32 images of 64 × 64 pixels (the scene world's size, resized as CapPa does,
+    /// in [-1, 1]) with 24 caption tokens; one decoding thread per core, 4 batches ahead; stop
+    /// when more than 10 % of the samples are bad; no pinned memory.
+    fn default() -> Self {
+        LoaderConfig {
+            batch_size: 32,
+            seq_len: 24,
+            transform: TrainTransform::cappa(64),
+            normalize: Normalize::MinusOneToOne,
+            limits: DecodeLimits::default(),
+            seed: 0,
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            prefetch: 4,
+            max_bad_fraction: 0.1,
+            min_samples_for_bad_check: MIN_SAMPLES_FOR_BAD_CHECK,
+            pin_memory: false,
+        }
+    }
 }
 
 /// Where a loader stands after a batch: restart from it to continue with the next batch.

@@ -69,6 +69,18 @@ pub enum TokenizerError {
     },
 }
 
+/// A file error while saving becomes [`TokenizerError::Save`].
+impl From<cappa_io::FileError> for TokenizerError {
+    fn from(error: cappa_io::FileError) -> Self {
+        let path = error.path().to_path_buf();
+        let message = match error {
+            cappa_io::FileError::Io { source, .. } => source.to_string(),
+            json @ cappa_io::FileError::Json { .. } => json.to_string(),
+        };
+        TokenizerError::Save { path, message }
+    }
+}
+
 /// A caption tokenizer with known pad/BOS/EOS/mask ids.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -195,15 +207,17 @@ impl Tokenizer {
     }
 
     /// Writes a standard HF `tokenizer.json` (self-contained: the normalizer carries the
-    /// lower-casing).
+    /// lower-casing), atomically: a crash leaves the old file or the new one.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), TokenizerError> {
         let path = path.as_ref();
-        self.inner
-            .save(path, true)
-            .map_err(|error| TokenizerError::Save {
-                path: path.to_path_buf(),
-                message: error.to_string(),
-            })
+        cappa_io::write_atomically_with(path, |temp| {
+            self.inner
+                .save(temp, true)
+                .map_err(|error| TokenizerError::Save {
+                    path: path.to_path_buf(),
+                    message: error.to_string(),
+                })
+        })
     }
 
     /// The number of ids, added tokens included: an embedding table needs this many rows.
@@ -370,6 +384,25 @@ mod tests {
                 }
             }
         }
+        // Saving over a file replaces it and leaves no temporary file behind.
+        let path = dir.path().join("tokenizer-true.json");
+        trained(false).save(&path).unwrap();
+        assert_ne!(
+            Tokenizer::load(&path).unwrap().encode("A CAT", 8),
+            trained(true).encode("A CAT", 8)
+        );
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["tokenizer-false.json", "tokenizer-true.json"]);
+        let missing = dir.path().join("no-such-dir").join("tokenizer.json");
+        let error = trained(true).save(&missing).unwrap_err();
+        assert!(
+            matches!(&error, TokenizerError::Save { path, .. } if path.starts_with(dir.path().join("no-such-dir"))),
+            "{error}"
+        );
     }
 
     #[test]

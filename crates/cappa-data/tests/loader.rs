@@ -7,10 +7,13 @@ mod common;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use cappa_data::loader::{Loader, LoaderConfig, ShardSource};
-use cappa_data::pipeline::{Crop, DecodeLimits, Normalize, TrainTransform};
+use cappa_data::error::DataError;
+use cappa_data::loader::{
+    Loader, LoaderConfig, SampleSource, ShardSource, SourceCursor, MIN_SAMPLES_FOR_BAD_CHECK,
+};
+use cappa_data::pipeline::{Crop, TrainTransform};
 use cappa_data::tokenizer::Tokenizer;
-use cappa_data::SkipReason;
+use cappa_data::{BadSample, ImageData, Sample, SkipReason};
 use common::{caption, write_shards};
 use tch::Tensor;
 
@@ -27,14 +30,12 @@ fn config(threads: usize) -> LoaderConfig {
             crop: Crop::random_resized_crop_default(),
             hflip: true,
         },
-        normalize: Normalize::MinusOneToOne,
-        limits: DecodeLimits::default(),
         seed: 7,
         threads,
         prefetch: 2,
         max_bad_fraction: 0.5,
         min_samples_for_bad_check: 8,
-        pin_memory: false,
+        ..LoaderConfig::default()
     }
 }
 
@@ -193,4 +194,82 @@ fn the_scene_world_streams_deterministically_and_resumes_exactly() {
     }
     assert_eq!(resumed[0].keys, a[1].keys);
     assert!(resumed[1].images.equal(&a[2].images));
+}
+
+/// `bad` bad samples, then good ones (tiny blank images) for ever.
+struct BadThenGood {
+    bad: u64,
+    position: u64,
+}
+
+impl SampleSource for BadThenGood {
+    fn next_sample(&mut self) -> Option<Result<Sample, BadSample>> {
+        let index = self.position;
+        self.position += 1;
+        Some(if index < self.bad {
+            Err(BadSample {
+                reason: SkipReason::UndecodableImage,
+                location: index.to_string(),
+                detail: "made bad by the test".into(),
+            })
+        } else {
+            Ok(Sample {
+                key: index.to_string(),
+                image: ImageData::Rgb(image::RgbImage::new(4, 4)),
+                captions: vec![caption(index as u32)],
+                meta: serde_json::Value::Null,
+            })
+        })
+    }
+
+    fn cursor(&self) -> SourceCursor {
+        SourceCursor {
+            epoch: 0,
+            position: self.position,
+        }
+    }
+
+    fn restore(&mut self, cursor: SourceCursor) -> Result<(), DataError> {
+        self.position = cursor.position;
+        Ok(())
+    }
+}
+
+#[test]
+fn the_default_config_checks_the_bad_fraction_once_a_thousand_samples_were_seen() {
+    assert_eq!(MIN_SAMPLES_FOR_BAD_CHECK, 1000);
+    let config = LoaderConfig {
+        threads: 2,
+        transform: TrainTransform::cappa(8),
+        ..LoaderConfig::default()
+    };
+    assert_eq!((config.batch_size, config.max_bad_fraction), (32, 0.1));
+    // 200 bad samples first: batch k has seen 200 + 32 k samples, so batches 1 to 24 (at most
+    // 968 seen) come although far more than 10 % were bad, and batch 25 (1000 seen, 20 % bad)
+    // stops the run.
+    let source = BadThenGood {
+        bad: 200,
+        position: 0,
+    };
+    let results: Vec<_> = Loader::start(Box::new(source), tokenizer(), config, None)
+        .unwrap()
+        .take(26)
+        .collect();
+    assert_eq!(results.len(), 25, "the loader ends after its error");
+    for (k, batch) in results[..24].iter().enumerate() {
+        let batch = batch.as_ref().unwrap();
+        assert_eq!(batch.cursor.seen, 200 + 32 * (k as u64 + 1));
+    }
+    assert!(
+        matches!(
+            results[24],
+            Err(DataError::TooManyBad {
+                bad: 200,
+                seen: 1000,
+                ..
+            })
+        ),
+        "{:?}",
+        results[24].as_ref().err()
+    );
 }

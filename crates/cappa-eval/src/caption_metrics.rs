@@ -59,6 +59,8 @@ const BLEU_SMALL: f64 = 1e-9;
 const ROUGE_BETA: f64 = 1.2;
 /// Standard deviation of CIDEr-D's Gaussian length penalty (cider.py's `sigma=6.0`).
 const CIDER_SIGMA: f64 = 6.0;
+/// Factor CIDEr-D scores are multiplied by (cider_scorer.py's `score_avg *= 10.0`).
+const CIDER_SCALE: f64 = 10.0;
 
 /// Tokenises a caption the way pycocoevalcap's PTBTokenizer + punctuation filter roughly does,
 /// without Java.
@@ -312,7 +314,7 @@ pub fn cider_d_per_image(items: &[CaptionItem]) -> Vec<f64> {
                     *total += s;
                 }
             }
-            numpy_mean(&per_order) / refs.len() as f64 * 10.0
+            numpy_mean(&per_order) / refs.len() as f64 * CIDER_SCALE
         })
         .collect()
 }

@@ -3,13 +3,17 @@
 //! compositional preference, perplexity and vision-and-language transfer on a frozen encoder.
 //!
 //! Boundaries: evaluators see models only through small traits ([`model::ImageEncoder`],
-//! [`model::ContrastiveScorer`], [`model::LikelihoodScorer`]), never concrete model types; the
-//! traits are implemented for cappa's CLIP and Cap models, and anyone's encoder can implement
-//! them. Data comes from `cappa-data` (the scene world's held-out split, [`scene`]).
+//! [`model::TextScorer`], [`model::Captioner`]), never concrete model types; the traits are
+//! implemented for cappa's CLIP and Cap models, and anyone's encoder can implement them.
+//! Zero-shot classification, retrieval and compositional preference all run on one scoring
+//! path ([`scoring`]): (images × candidate texts) score matrices, similarities for two-tower
+//! models and summed log-likelihoods for captioners. Data comes from `cappa-data` (the scene
+//! world's held-out split, [`scene`]); reports are [`report::EvalReport`]s, written and read
+//! back as JSON.
 //!
 //! ```no_run
 //! use cappa_data::{scene::{SceneConfig, SceneWorld}, pipeline::Normalize, tokenizer::Tokenizer};
-//! use cappa_eval::{model::Evaluable, report, scene::{SceneEvalSet, SceneEvalSizes}};
+//! use cappa_eval::{model::Evaluable, report, scene::{SceneEvalSet, SceneEvalSizes}, tasks};
 //!
 //! let dir = std::path::Path::new("runs/demo/checkpoints/step-00000200");
 //! let (_vs, model, _) = cappa_models::checkpoint::load(dir, tch::Device::Cpu)?;
@@ -18,8 +22,15 @@
 //! let model = Evaluable::of(&model);
 //! let sizes = SceneEvalSizes { test: 200, pool: 400 };
 //! let set = SceneEvalSet::build(&world, sizes, model.encoder().image_size(), Normalize::MinusOneToOne);
+//! // One task on its own: zero-shot shape classification, for either kind of model.
+//! let (labels, classes) = (&set.test.labels["shape"], &set.class_names["shape"]);
+//! let config = tasks::ZeroShotConfig::default();
+//! let accuracy = tasks::zero_shot(model.scorer(), &tokenizer, 24, &set.test.images, labels, classes, &config);
+//! // Every task, as a report written to a directory and read back.
 //! let results = report::evaluate_scene(model, &tokenizer, &set, &report::EvalOptions::new(24));
-//! println!("{}", serde_json::to_string_pretty(&results)?);
+//! report::write_report(std::path::Path::new("eval"), &results)?;
+//! let again: report::EvalReport = cappa_io::read_json(std::path::Path::new("eval/results.json"))?;
+//! println!("zero-shot shape {accuracy:.3}, {} model", again.model_kind);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -28,5 +39,6 @@ pub mod model;
 pub mod probe;
 pub mod report;
 pub mod scene;
+pub mod scoring;
 pub mod tasks;
 pub mod transfer;

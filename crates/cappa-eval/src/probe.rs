@@ -97,7 +97,7 @@ impl Default for FewShotConfig {
 }
 
 /// Few-shot accuracy for one number of shots.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FewShotResult {
     /// Examples per class in the support sets.
     pub shots: usize,
@@ -280,7 +280,7 @@ impl Default for LinearProbeConfig {
 }
 
 /// Validation accuracy of one L2 strength of the grid.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GridPoint {
     /// L2 strength.
     pub l2: f64,
@@ -289,7 +289,7 @@ pub struct GridPoint {
 }
 
 /// Outcome of [`linear_probe`].
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LinearProbeResult {
     /// The chosen L2 strength.
     pub l2: f64,
@@ -425,9 +425,45 @@ pub enum ProbeError {
         path: PathBuf,
         /// The offending array.
         array: &'static str,
-        /// What is wrong and how to fix it.
-        problem: String,
+        /// What is wrong and how to fix it (part of this message, so not a source).
+        problem: ArrayProblem,
     },
+}
+
+/// What is wrong with an array of a feature file (the message continues "array `NAME` …").
+#[derive(Debug, thiserror::Error)]
+pub enum ArrayProblem {
+    /// Features are not a non-empty (examples, features) matrix.
+    #[error("has shape {shape:?}; it must be a non-empty 2-D array (examples, features)")]
+    NotAMatrix { shape: Vec<i64> },
+    /// Features are not floating point.
+    #[error("has kind {kind:?}; store {array} as float32 or float64")]
+    NotFloat { kind: Kind, array: &'static str },
+    /// Features hold NaN or infinite values.
+    #[error("contains NaN or infinite values; recompute or clean the features")]
+    NotFinite,
+    /// The test features' width differs from the training features'.
+    #[error(
+        "has {width} columns but train_features has {train_width}; both splits need the same \
+         feature width"
+    )]
+    WidthMismatch { width: i64, train_width: i64 },
+    /// Labels are not 1-D with one per row of their features.
+    #[error("has shape {shape:?}; it must be 1-D with one label per row of {features} ({rows})")]
+    LabelShape {
+        shape: Vec<i64>,
+        features: &'static str,
+        rows: i64,
+    },
+    /// Labels are not integers.
+    #[error("has kind {kind:?}; labels must be integers 0..C, stored as int64 or int32")]
+    LabelKind { kind: Kind },
+    /// Labels could not be read as int64.
+    #[error("cannot be read as int64 labels: {0}")]
+    LabelValues(tch::TchError),
+    /// A label is negative.
+    #[error("holds {label} at index {index}; labels must be integers 0..C")]
+    NegativeLabel { label: i64, index: usize },
 }
 
 /// Reads the features and labels of a probe from a `.safetensors` or `.npz` file (chosen by the
@@ -480,19 +516,17 @@ pub fn load_features(path: &Path) -> Result<FeatureSet, ProbeError> {
         take("test_labels")?,
     );
 
-    let invalid = |array: &'static str, problem: String| ProbeError::InvalidArray {
+    let invalid = |array: &'static str, problem: ArrayProblem| ProbeError::InvalidArray {
         path: path.to_path_buf(),
         array,
         problem,
     };
     check_features(&train_x, "train_features").map_err(|p| invalid("train_features", p))?;
     check_features(&test_x, "test_features").map_err(|p| invalid("test_features", p))?;
-    let (train_dim, test_dim) = (train_x.size()[1], test_x.size()[1]);
-    if train_dim != test_dim {
-        return Err(invalid(
-            "test_features",
-            format!("has {test_dim} columns but train_features has {train_dim}; both splits need the same feature width"),
-        ));
+    let (train_width, width) = (train_x.size()[1], test_x.size()[1]);
+    if train_width != width {
+        let problem = ArrayProblem::WidthMismatch { width, train_width };
+        return Err(invalid("test_features", problem));
     }
     let train_labels = read_labels(&train_y, train_x.size()[0], "train_features")
         .map_err(|p| invalid("train_labels", p))?;
@@ -513,52 +547,48 @@ pub fn load_features(path: &Path) -> Result<FeatureSet, ProbeError> {
 }
 
 /// Checks that a feature array is a non-empty 2-D floating-point matrix of finite values.
-fn check_features(x: &Tensor, name: &str) -> Result<(), String> {
-    let size = x.size();
-    if size.len() != 2 || size[0] == 0 || size[1] == 0 {
-        return Err(format!(
-            "has shape {size:?}; it must be a non-empty 2-D array (examples, features)"
-        ));
+fn check_features(x: &Tensor, array: &'static str) -> Result<(), ArrayProblem> {
+    let shape = x.size();
+    if shape.len() != 2 || shape[0] == 0 || shape[1] == 0 {
+        return Err(ArrayProblem::NotAMatrix { shape });
     }
+    let kind = x.kind();
     if !matches!(
-        x.kind(),
+        kind,
         Kind::Half | Kind::BFloat16 | Kind::Float | Kind::Double
     ) {
-        return Err(format!(
-            "has kind {:?}; store {name} as float32 or float64",
-            x.kind()
-        ));
+        return Err(ArrayProblem::NotFloat { kind, array });
     }
     if x.isfinite().all().int64_value(&[]) == 0 {
-        return Err("contains NaN or infinite values; recompute or clean the features".to_owned());
+        return Err(ArrayProblem::NotFinite);
     }
     Ok(())
 }
 
 /// Reads a label array: 1-D, integer kind, one label per row of the features named
 /// `features`, all non-negative.
-fn read_labels(y: &Tensor, rows: i64, features: &str) -> Result<Vec<i64>, String> {
-    let size = y.size();
-    if size.len() != 1 || size[0] != rows {
-        return Err(format!(
-            "has shape {size:?}; it must be 1-D with one label per row of {features} ({rows})"
-        ));
+fn read_labels(y: &Tensor, rows: i64, features: &'static str) -> Result<Vec<i64>, ArrayProblem> {
+    let shape = y.size();
+    if shape.len() != 1 || shape[0] != rows {
+        return Err(ArrayProblem::LabelShape {
+            shape,
+            features,
+            rows,
+        });
     }
+    let kind = y.kind();
     if !matches!(
-        y.kind(),
+        kind,
         Kind::Uint8 | Kind::Int8 | Kind::Int16 | Kind::Int | Kind::Int64
     ) {
-        return Err(format!(
-            "has kind {:?}; labels must be integers 0..C, stored as int64 or int32",
-            y.kind()
-        ));
+        return Err(ArrayProblem::LabelKind { kind });
     }
-    let labels = Vec::<i64>::try_from(y.to_kind(Kind::Int64)).map_err(|e| e.to_string())?;
+    let labels = Vec::<i64>::try_from(y.to_kind(Kind::Int64)).map_err(ArrayProblem::LabelValues)?;
     match labels.iter().position(|&l| l < 0) {
-        Some(i) => Err(format!(
-            "holds {} at index {i}; labels must be integers 0..C",
-            labels[i]
-        )),
+        Some(index) => Err(ArrayProblem::NegativeLabel {
+            label: labels[index],
+            index,
+        }),
         None => Ok(labels),
     }
 }

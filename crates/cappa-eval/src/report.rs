@@ -7,22 +7,31 @@ use std::path::Path;
 use std::time::Instant;
 
 use cappa_data::tokenizer::Tokenizer;
+use cappa_io::FileError;
 use cappa_models::GenerateConfig;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use crate::caption_metrics::CaptionScores;
-use crate::model::Evaluable;
+use crate::model::{Captioner, Evaluable, ImageEncoder, ModelKind, TextScorer};
 use crate::probe::{
     few_shot, has_validation_split, linear_probe, FewShotConfig, FewShotResult, LinearProbeConfig,
     LinearProbeResult,
 };
 use crate::scene::SceneEvalSet;
+use crate::scoring::DEFAULT_BATCH;
 use crate::tasks::{
-    captioning, compositional_contrastive, compositional_likelihood, perplexity, probe_features,
-    retrieval_contrastive, retrieval_likelihood, zero_shot_contrastive, zero_shot_likelihood,
-    Perplexity, RetrievalScores, ZeroShotConfig,
+    captioning, compositional, perplexity, probe_features, retrieval, zero_shot, Perplexity,
+    RetrievalScores, ZeroShotConfig, MAX_LIKELIHOOD_RETRIEVAL_PAIRS,
 };
 use crate::transfer::{transfer, TransferConfig, TransferResult};
+
+/// Length penalty α of the beam-search captioning pass (hypotheses ranked by log-probability
+/// divided by `length^α`), the value the paper's captioning evaluation uses.
+pub const BEAM_LENGTH_PENALTY: f64 = 0.6;
+
+/// Greedy captions of the first test images kept in the report, for a look.
+pub const SAMPLE_CAPTIONS: usize = 8;
 
 /// What to run and how.
 #[derive(Debug, Clone)]
@@ -47,19 +56,35 @@ impl EvalOptions {
             few_shot: FewShotConfig::default(),
             zero_shot: ZeroShotConfig::default(),
             seq_len,
-            max_retrieval_pairs: 200_000,
+            max_retrieval_pairs: MAX_LIKELIHOOD_RETRIEVAL_PAIRS,
             beam_size: 1,
-            batch: 64,
+            batch: DEFAULT_BATCH,
             transfer: None,
         }
     }
 }
 
+/// A task whose time the report records, by its name in `seconds`. Variants are in the
+/// alphabetical order of their names, so a map keyed by them serialises in the same order as
+/// one keyed by the names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimedTask {
+    CaptioningBeam,
+    CaptioningGreedy,
+    Compositional,
+    Perplexity,
+    /// Probe features, few-shot and linear probes together.
+    Probes,
+    Retrieval,
+    Transfer,
+    ZeroShot,
+}
+
 /// Every result of one model.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EvalReport {
-    /// `contrastive` or `captioner`.
-    pub model_kind: &'static str,
+    pub model_kind: ModelKind,
     pub test_images: usize,
     /// Few-shot ridge accuracy by label set.
     pub few_shot: BTreeMap<String, Vec<FewShotResult>>,
@@ -83,229 +108,276 @@ pub struct EvalReport {
     pub perplexity: Option<Perplexity>,
     pub transfer: Option<TransferResult>,
     /// Seconds per task.
-    pub seconds: BTreeMap<String, f64>,
+    pub seconds: BTreeMap<TimedTask, f64>,
 }
 
-/// Runs every task on `set`.
+/// Times tasks into the report's `seconds`.
+#[derive(Debug, Default)]
+struct Timer {
+    seconds: BTreeMap<TimedTask, f64>,
+}
+
+impl Timer {
+    fn time<T>(&mut self, task: TimedTask, run: impl FnOnce() -> T) -> T {
+        let started = Instant::now();
+        let result = run();
+        self.seconds.insert(task, started.elapsed().as_secs_f64());
+        result
+    }
+}
+
+/// Runs every task on `set`, in this order: probes, zero-shot, retrieval, compositional,
+/// then captioning (greedy, beam) and perplexity for captioners, then transfer.
 pub fn evaluate_scene(
     model: Evaluable<'_>,
     tokenizer: &Tokenizer,
     set: &SceneEvalSet,
     options: &EvalOptions,
 ) -> EvalReport {
-    let mut seconds = BTreeMap::new();
-    let mut timed = |name: &str, started: Instant| {
-        seconds.insert(name.to_string(), started.elapsed().as_secs_f64());
-    };
-    let (batch, seq_len) = (options.batch, options.seq_len);
-    let encoder = model.encoder();
+    let mut timer = Timer::default();
+    let scorer = model.scorer();
+    let (few_shot, linear_probe) =
+        timer.time(TimedTask::Probes, || probes(model.encoder(), set, options));
+    let zero_shot = timer.time(TimedTask::ZeroShot, || {
+        zero_shot_by_label_set(scorer, tokenizer, set, options)
+    });
+    let (retrieval, retrieval_skipped) = timer.time(TimedTask::Retrieval, || {
+        scene_retrieval(scorer, tokenizer, set, options)
+    });
+    let compositional = timer.time(TimedTask::Compositional, || {
+        let (seq_len, batch) = (options.seq_len, options.batch);
+        compositional(
+            scorer,
+            tokenizer,
+            seq_len,
+            &set.test.images,
+            &set.compositional,
+            batch,
+        )
+    });
+    let captioner = model
+        .captioner()
+        .map(|m| captioner_tasks(m, tokenizer, set, options, &mut timer))
+        .unwrap_or_default();
+    let transfer = options.transfer.as_ref().map(|config| {
+        timer.time(TimedTask::Transfer, || {
+            scene_transfer(model.encoder(), tokenizer, set, config)
+        })
+    });
+    EvalReport {
+        model_kind: model.kind(),
+        test_images: set.test.images.size()[0] as usize,
+        few_shot,
+        linear_probe,
+        zero_shot,
+        retrieval,
+        retrieval_skipped,
+        compositional,
+        compositional_files: BTreeMap::new(),
+        captioning_greedy: captioner.greedy,
+        captioning_beam: captioner.beam,
+        sample_captions: captioner.samples,
+        perplexity: captioner.perplexity,
+        transfer,
+        seconds: timer.seconds,
+    }
+}
 
-    let started = Instant::now();
-    let train_x = probe_features(encoder, &set.pool.images, batch);
-    let test_x = probe_features(encoder, &set.test.images, batch);
+type ProbeResults = (
+    BTreeMap<String, Vec<FewShotResult>>,
+    BTreeMap<String, LinearProbeResult>,
+);
+
+/// Few-shot ridge and linear probes per label set, on the pool's and the test images'
+/// probe features.
+fn probes(encoder: &dyn ImageEncoder, set: &SceneEvalSet, options: &EvalOptions) -> ProbeResults {
+    let train_x = probe_features(encoder, &set.pool.images, options.batch);
+    let test_x = probe_features(encoder, &set.test.images, options.batch);
     let mut few = BTreeMap::new();
     let mut linear = BTreeMap::new();
     let probe_config = LinearProbeConfig::default();
     for (name, train_y) in &set.pool.labels {
         let classes = set.class_names[name].len();
         let test_y = &set.test.labels[name];
-        few.insert(
-            name.clone(),
-            few_shot(
-                &train_x,
-                train_y,
-                &test_x,
-                test_y,
-                classes,
-                &options.few_shot,
-            ),
+        let result = few_shot(
+            &train_x,
+            train_y,
+            &test_x,
+            test_y,
+            classes,
+            &options.few_shot,
         );
+        few.insert(name.clone(), result);
         // Too few pool examples per class for a validation split: no linear probe for this set.
         if has_validation_split(train_y, probe_config.validation_fraction) {
             let probe = linear_probe(&train_x, train_y, &test_x, test_y, classes, &probe_config);
             linear.insert(name.clone(), probe);
         }
     }
-    timed("probes", started);
+    (few, linear)
+}
 
-    let started = Instant::now();
-    let mut zero = BTreeMap::new();
-    for (name, labels) in &set.test.labels {
-        let names = &set.class_names[name];
-        let accuracy = match model {
-            Evaluable::Contrastive(m) => zero_shot_contrastive(
-                m,
+/// Zero-shot accuracy per label set on the test images.
+fn zero_shot_by_label_set(
+    scorer: &dyn TextScorer,
+    tokenizer: &Tokenizer,
+    set: &SceneEvalSet,
+    options: &EvalOptions,
+) -> BTreeMap<String, f64> {
+    let images = &set.test.images;
+    set.test
+        .labels
+        .iter()
+        .map(|(name, labels)| {
+            let names = &set.class_names[name];
+            let config = &options.zero_shot;
+            let accuracy = zero_shot(
+                scorer,
                 tokenizer,
-                seq_len,
-                &set.test.images,
+                options.seq_len,
+                images,
                 labels,
                 names,
-                &options.zero_shot,
-            ),
-            Evaluable::Captioner(m) => zero_shot_likelihood(
-                m,
-                tokenizer,
-                seq_len,
-                &set.test.images,
-                labels,
-                names,
-                &options.zero_shot,
-            ),
-        };
-        zero.insert(name.clone(), accuracy);
-    }
-    timed("zero_shot", started);
-
-    let started = Instant::now();
-    let (retrieval, retrieval_skipped) = match model {
-        Evaluable::Contrastive(m) => (
-            Some(retrieval_contrastive(
-                m,
-                tokenizer,
-                seq_len,
-                &set.test.images,
-                &set.references,
-                batch,
-            )),
-            None,
-        ),
-        Evaluable::Captioner(m) => match retrieval_likelihood(
-            m,
-            tokenizer,
-            seq_len,
-            &set.test.images,
-            &set.references,
-            options.max_retrieval_pairs,
-            batch,
-        ) {
-            Ok(scores) => (Some(scores), None),
-            Err(why) => (None, Some(why.to_string())),
-        },
-    };
-    timed("retrieval", started);
-
-    let started = Instant::now();
-    let compositional = match model {
-        Evaluable::Contrastive(m) => compositional_contrastive(
-            m,
-            tokenizer,
-            seq_len,
-            &set.test.images,
-            &set.compositional,
-            batch,
-        ),
-        Evaluable::Captioner(m) => compositional_likelihood(
-            m,
-            tokenizer,
-            seq_len,
-            &set.test.images,
-            &set.compositional,
-            batch,
-        ),
-    };
-    timed("compositional", started);
-
-    let (mut greedy, mut beam, mut samples, mut ppl) = (None, None, Vec::new(), None);
-    if let Evaluable::Captioner(m) = model {
-        let started = Instant::now();
-        let max_len = seq_len as i64;
-        let result = captioning(
-            m,
-            tokenizer,
-            &set.test.images,
-            &set.references,
-            &GenerateConfig::greedy(max_len),
-            batch,
-        );
-        greedy = Some(result.scores);
-        samples = result.hypotheses.into_iter().take(8).collect();
-        timed("captioning_greedy", started);
-        if options.beam_size > 1 {
-            let started = Instant::now();
-            let result = captioning(
-                m,
-                tokenizer,
-                &set.test.images,
-                &set.references,
-                &GenerateConfig::beam(max_len, options.beam_size, 0.6),
-                batch,
+                config,
             );
-            beam = Some(result.scores);
-            timed("captioning_beam", started);
-        }
-        let started = Instant::now();
-        let first: Vec<String> = set.references.iter().map(|r| r[0].clone()).collect();
-        ppl = Some(perplexity(
-            m,
-            tokenizer,
-            seq_len,
-            &set.test.images,
-            &first,
-            batch,
-        ));
-        timed("perplexity", started);
-    }
+            (name.clone(), accuracy)
+        })
+        .collect()
+}
 
-    let transfer_result = options.transfer.as_ref().map(|config| {
-        let started = Instant::now();
-        let result = transfer(
-            encoder,
-            tokenizer,
-            &set.pool.images,
-            &set.pool_captions,
-            &set.pool_vqa,
-            &set.test.images,
-            &set.references,
-            &set.test_vqa,
-            config,
-        );
-        seconds.insert("transfer".to_string(), started.elapsed().as_secs_f64());
-        result
-    });
-
-    EvalReport {
-        model_kind: match model {
-            Evaluable::Contrastive(_) => "contrastive",
-            Evaluable::Captioner(_) => "captioner",
-        },
-        test_images: set.test.images.size()[0] as usize,
-        few_shot: few,
-        linear_probe: linear,
-        zero_shot: zero,
-        retrieval,
-        retrieval_skipped,
-        compositional,
-        compositional_files: BTreeMap::new(),
-        captioning_greedy: greedy,
-        captioning_beam: beam,
-        sample_captions: samples,
-        perplexity: ppl,
-        transfer: transfer_result,
-        seconds,
+/// Retrieval between the test images and their reference captions, or why it was skipped.
+fn scene_retrieval(
+    scorer: &dyn TextScorer,
+    tokenizer: &Tokenizer,
+    set: &SceneEvalSet,
+    options: &EvalOptions,
+) -> (Option<RetrievalScores>, Option<String>) {
+    match retrieval(
+        scorer,
+        tokenizer,
+        options.seq_len,
+        &set.test.images,
+        &set.references,
+        options.batch,
+        options.max_retrieval_pairs,
+    ) {
+        Ok(scores) => (Some(scores), None),
+        Err(why) => (None, Some(why.to_string())),
     }
 }
 
-/// Writes `results.json` (the whole report) and one `TASK.json` per task into `dir`.
-pub fn write_report(dir: &Path, report: &EvalReport) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
-    let value = serde_json::to_value(report).expect("reports serialise");
-    for task in [
-        "few_shot",
-        "linear_probe",
-        "zero_shot",
-        "retrieval",
-        "compositional",
-        "compositional_files",
-        "captioning_greedy",
-        "captioning_beam",
-        "perplexity",
-        "transfer",
-    ] {
-        if !value[task].is_null() {
-            let text = serde_json::to_string_pretty(&value[task]).expect("JSON");
-            std::fs::write(dir.join(format!("{task}.json")), text + "\n")?;
-        }
+/// What only captioners are evaluated on.
+#[derive(Debug, Default)]
+struct CaptionerResults {
+    greedy: Option<CaptionScores>,
+    beam: Option<CaptionScores>,
+    samples: Vec<String>,
+    perplexity: Option<Perplexity>,
+}
+
+/// Greedy captioning, beam captioning when `options.beam_size > 1`, and the perplexity of
+/// each test image's first reference.
+fn captioner_tasks(
+    model: &dyn Captioner,
+    tokenizer: &Tokenizer,
+    set: &SceneEvalSet,
+    options: &EvalOptions,
+    timer: &mut Timer,
+) -> CaptionerResults {
+    let (images, references, batch) = (&set.test.images, &set.references, options.batch);
+    let max_len = options.seq_len as i64;
+    let greedy = timer.time(TimedTask::CaptioningGreedy, || {
+        let generate = GenerateConfig::greedy(max_len);
+        captioning(model, tokenizer, images, references, &generate, batch)
+    });
+    let beam = (options.beam_size > 1).then(|| {
+        timer.time(TimedTask::CaptioningBeam, || {
+            let generate = GenerateConfig::beam(max_len, options.beam_size, BEAM_LENGTH_PENALTY);
+            captioning(model, tokenizer, images, references, &generate, batch).scores
+        })
+    });
+    let perplexity = timer.time(TimedTask::Perplexity, || {
+        let first: Vec<String> = references.iter().map(|r| r[0].clone()).collect();
+        perplexity(model, tokenizer, options.seq_len, images, &first, batch)
+    });
+    CaptionerResults {
+        greedy: Some(greedy.scores),
+        beam,
+        samples: greedy
+            .hypotheses
+            .into_iter()
+            .take(SAMPLE_CAPTIONS)
+            .collect(),
+        perplexity: Some(perplexity),
     }
-    let text = serde_json::to_string_pretty(&value).expect("JSON");
-    std::fs::write(dir.join("results.json"), text + "\n")
+}
+
+/// Transfer decoders trained on the pool's frozen image tokens, tested on the test images.
+fn scene_transfer(
+    encoder: &dyn ImageEncoder,
+    tokenizer: &Tokenizer,
+    set: &SceneEvalSet,
+    config: &TransferConfig,
+) -> TransferResult {
+    transfer(
+        encoder,
+        tokenizer,
+        &set.pool.images,
+        &set.pool_captions,
+        &set.pool_vqa,
+        &set.test.images,
+        &set.references,
+        &set.test_vqa,
+        config,
+    )
+}
+
+/// The JSON of `value` with every object's keys sorted, as the report files have always been
+/// written (through `serde_json::Value`).
+fn sorted_json(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("reports serialise: every map key is a string")
+}
+
+/// Writes `results.json` (the whole report) and one `TASK.json` per task that ran into `dir`,
+/// each atomically, pretty-printed with sorted keys.
+///
+/// # Errors
+/// When `dir` cannot be created or a file cannot be written.
+pub fn write_report(dir: &Path, report: &EvalReport) -> Result<(), FileError> {
+    std::fs::create_dir_all(dir).map_err(cappa_io::io_error(dir))?;
+    let optional = |value: Option<Value>| value.unwrap_or(Value::Null);
+    let tasks = [
+        ("few_shot", sorted_json(&report.few_shot)),
+        ("linear_probe", sorted_json(&report.linear_probe)),
+        ("zero_shot", sorted_json(&report.zero_shot)),
+        (
+            "retrieval",
+            optional(report.retrieval.as_ref().map(sorted_json)),
+        ),
+        ("compositional", sorted_json(&report.compositional)),
+        (
+            "compositional_files",
+            sorted_json(&report.compositional_files),
+        ),
+        (
+            "captioning_greedy",
+            optional(report.captioning_greedy.as_ref().map(sorted_json)),
+        ),
+        (
+            "captioning_beam",
+            optional(report.captioning_beam.as_ref().map(sorted_json)),
+        ),
+        (
+            "perplexity",
+            optional(report.perplexity.as_ref().map(sorted_json)),
+        ),
+        (
+            "transfer",
+            optional(report.transfer.as_ref().map(sorted_json)),
+        ),
+    ];
+    for (task, value) in tasks.iter().filter(|(_, value)| !value.is_null()) {
+        cappa_io::write_json(&dir.join(format!("{task}.json")), value)?;
+    }
+    cappa_io::write_json(&dir.join("results.json"), &sorted_json(report))
 }

@@ -92,55 +92,9 @@ impl SceneEvalSet {
             image_size,
             normalize,
         );
-        let mut references = Vec::new();
-        let mut compositional = Vec::new();
-        for index in 0..sizes.test {
-            let scene = world.scene(index);
-            references.push(world.captions(&scene, index));
-            for kind in CompositionKind::ALL {
-                if let Some(item) = world.compositional(&scene, index, kind) {
-                    compositional.push(PreferenceItem {
-                        image: index as usize,
-                        kind: kind.name().into(),
-                        caption: item.caption,
-                        negative: item.negative_caption,
-                    });
-                }
-            }
-        }
-        let mut pool_captions = Vec::new();
-        let mut pool_vqa = Vec::new();
-        for (k, index) in (sizes.test..sizes.test + sizes.pool).enumerate() {
-            let scene = world.scene(index);
-            for caption in world.captions(&scene, index) {
-                pool_captions.push(TextExample {
-                    image: k,
-                    text: caption,
-                    answer: None,
-                });
-            }
-            for item in world.vqa(&scene, index) {
-                pool_vqa.push(TextExample {
-                    image: k,
-                    text: item.question,
-                    answer: Some(item.answer),
-                });
-            }
-        }
-        let mut test_vqa = Vec::new();
-        for index in 0..sizes.test {
-            let scene = world.scene(index);
-            for item in world.vqa(&scene, index) {
-                test_vqa.push((
-                    TextExample {
-                        image: index as usize,
-                        text: item.question,
-                        answer: Some(item.answer),
-                    },
-                    item.kind.name().to_string(),
-                ));
-            }
-        }
+        let (references, compositional) = references_and_pairs(world, sizes.test);
+        let (pool_captions, pool_vqa) = pool_texts(world, sizes);
+        let test_vqa = test_questions(world, sizes.test);
         let class_names = LabelSet::ALL
             .iter()
             .map(|&set| (set.name().to_string(), world.class_names(set)))
@@ -156,4 +110,69 @@ impl SceneEvalSet {
             test_vqa,
         }
     }
+}
+
+/// Reference captions of test images `0..test`, and their compositional pairs.
+fn references_and_pairs(world: &SceneWorld, test: u64) -> (Vec<Vec<String>>, Vec<PreferenceItem>) {
+    let mut references = Vec::new();
+    let mut compositional = Vec::new();
+    for index in 0..test {
+        let scene = world.scene(index);
+        references.push(world.captions(&scene, index));
+        for kind in CompositionKind::ALL {
+            if let Some(item) = world.compositional(&scene, index, kind) {
+                compositional.push(PreferenceItem {
+                    image: index as usize,
+                    kind: kind.name().into(),
+                    caption: item.caption,
+                    negative: item.negative_caption,
+                });
+            }
+        }
+    }
+    (references, compositional)
+}
+
+/// Transfer training texts of the pool images (indexed from 0 within the pool): their
+/// captions, and their VQA questions with answers.
+fn pool_texts(world: &SceneWorld, sizes: SceneEvalSizes) -> (Vec<TextExample>, Vec<TextExample>) {
+    let mut pool_captions = Vec::new();
+    let mut pool_vqa = Vec::new();
+    for (k, index) in (sizes.test..sizes.test + sizes.pool).enumerate() {
+        let scene = world.scene(index);
+        for caption in world.captions(&scene, index) {
+            pool_captions.push(TextExample {
+                image: k,
+                text: caption,
+                answer: None,
+            });
+        }
+        for item in world.vqa(&scene, index) {
+            pool_vqa.push(TextExample {
+                image: k,
+                text: item.question,
+                answer: Some(item.answer),
+            });
+        }
+    }
+    (pool_captions, pool_vqa)
+}
+
+/// VQA questions on test images `0..test`, with their answers and kinds.
+fn test_questions(world: &SceneWorld, test: u64) -> Vec<(TextExample, String)> {
+    let mut test_vqa = Vec::new();
+    for index in 0..test {
+        let scene = world.scene(index);
+        for item in world.vqa(&scene, index) {
+            test_vqa.push((
+                TextExample {
+                    image: index as usize,
+                    text: item.question,
+                    answer: Some(item.answer),
+                },
+                item.kind.name().to_string(),
+            ));
+        }
+    }
+    test_vqa
 }

@@ -1,7 +1,9 @@
-//! Task evaluators over the model traits: zero-shot classification, retrieval, compositional
-//! preference, perplexity and captioning. Inputs are in-memory tensors of evaluation images
-//! (N, 3, H, W) on the CPU (moved to the model's device batch by batch) and plain strings;
-//! every evaluator runs without gradient.
+//! The evaluation tasks, each a function of score matrices from the one scoring path
+//! ([`crate::scoring`]) and so the same for every kind of [`TextScorer`]: zero-shot
+//! classification (an (images, classes) matrix), retrieval (images × captions) and compositional
+//! preference (pairs × {true, negative}); plus, for captioners, perplexity and captioning.
+//! Inputs are in-memory tensors of evaluation images (N, 3, H, W) on the CPU (moved to the
+//! model's device batch by batch) and plain strings; every evaluator runs without gradient.
 
 use std::collections::BTreeMap;
 
@@ -11,29 +13,27 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::caption_metrics::{score_captions, CaptionItem, CaptionScores};
-use crate::model::{ContrastiveScorer, ImageEncoder, LikelihoodScorer};
+use crate::model::{Captioner, ImageEncoder, ScoreKind, TextScorer};
+use crate::scoring::{
+    batched, paired_scores, prepare_texts, score_matrix, score_streamed, tokens, Batches,
+    DEFAULT_BATCH,
+};
+
+/// Captioners: the most (image, caption) pairs retrieval scores by default (each pair is a
+/// decoder pass; 200 test images with 5 captions each need 200,000).
+pub const MAX_LIKELIHOOD_RETRIEVAL_PAIRS: usize = 200_000;
 
 /// An evaluation that cannot run as asked.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
     #[error(
         "likelihood retrieval would score {pairs} image–caption pairs, more than the limit \
-         {limit}: use fewer images (captioners score every pair with the decoder) or raise the limit"
+         {limit} (captioners score every pair with the decoder): evaluate fewer test images, \
+         or raise the limit (`cappa eval --max-retrieval-pairs N`, `max_retrieval_pairs` in a \
+         preset's `eval`, or `EvalOptions::max_retrieval_pairs`; default \
+         {MAX_LIKELIHOOD_RETRIEVAL_PAIRS})"
     )]
     TooManyPairs { pairs: usize, limit: usize },
-    #[error("{0}")]
-    Invalid(String),
-}
-
-/// Runs `f` over consecutive row ranges of `n` rows, `batch` at a time, concatenating the
-/// (CPU) results along dimension 0.
-pub fn batched(n: i64, batch: i64, mut f: impl FnMut(i64, i64) -> Tensor) -> Tensor {
-    let batch = batch.max(1);
-    let parts: Vec<Tensor> = (0..n)
-        .step_by(batch as usize)
-        .map(|start| f(start, batch.min(n - start)).to_device(Device::Cpu))
-        .collect();
-    Tensor::cat(&parts, 0)
 }
 
 /// Probe features (N, D) of images (N, 3, H, W).
@@ -44,14 +44,12 @@ pub fn probe_features(encoder: &dyn ImageEncoder, images: &Tensor, batch: i64) -
     })
 }
 
-/// Token rows (T, L) for texts, as the model was trained to read them.
-pub fn tokens(tokenizer: &Tokenizer, texts: &[String], seq_len: usize) -> Tensor {
-    tokenizer.encode_batch(texts, seq_len)
-}
-
-fn accuracy(predicted: &Tensor, labels: &[i64]) -> f64 {
+/// Fraction of rows of `scores` (N, C) whose highest score is at the row's label (ties go to
+/// the first class).
+pub fn top1_accuracy(scores: &Tensor, labels: &[i64]) -> f64 {
     let truth = Tensor::from_slice(labels);
-    predicted
+    scores
+        .argmax(1, false)
         .to_device(Device::Cpu)
         .eq_tensor(&truth)
         .to_kind(Kind::Float)
@@ -63,11 +61,13 @@ fn accuracy(predicted: &Tensor, labels: &[i64]) -> f64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ZeroShotConfig {
-    /// Prompt templates with `{}` for the class name. CLIP averages the normalised text
-    /// embeddings of all templates (a prompt ensemble); captioners use the first template.
+    /// Prompt templates with `{}` for the class name (none: the class name alone). Similarity
+    /// scorers average the normalised text embeddings of all templates (a prompt ensemble);
+    /// likelihood scorers use the first template.
     pub prompts: Vec<String>,
-    /// Captioners: divide each class's summed log-likelihood by its token count.
+    /// Likelihood scorers: divide each class's summed log-likelihood by its token count.
     pub length_normalize: bool,
+    /// Images per scoring call.
     pub batch: i64,
 }
 
@@ -80,7 +80,7 @@ impl Default for ZeroShotConfig {
                 "an image showing a {}".into(),
             ],
             length_normalize: false,
-            batch: 64,
+            batch: DEFAULT_BATCH,
         }
     }
 }
@@ -89,41 +89,77 @@ fn prompted(template: &str, class: &str) -> String {
     template.replace("{}", class)
 }
 
-/// CLIP zero-shot accuracy: the class whose prompt-ensemble embedding is most similar.
-pub fn zero_shot_contrastive(
-    model: &dyn ContrastiveScorer,
+/// The text side (C, …) of zero-shot classes, on the scorer's device, and for likelihood
+/// scorers the token count (C) of each class's text:
+/// - similarity: the sum of every template's normalised class embeddings (one call per
+///   template with all classes), L2-normalised — the direction of their mean;
+/// - log-likelihood: the token rows of the first template.
+pub fn class_texts(
+    scorer: &dyn TextScorer,
     tokenizer: &Tokenizer,
     seq_len: usize,
-    images: &Tensor,
-    labels: &[i64],
     class_names: &[String],
-    config: &ZeroShotConfig,
-) -> f64 {
-    let device = model.device();
-    let classes = tch::no_grad(|| {
-        let mut sum: Option<Tensor> = None;
-        for template in &config.prompts {
-            let texts: Vec<String> = class_names.iter().map(|c| prompted(template, c)).collect();
-            let e = model.embed_texts(&tokens(tokenizer, &texts, seq_len).to_device(device));
-            sum = Some(match sum {
-                Some(s) => s + e,
-                None => e,
-            });
+    prompts: &[String],
+) -> (Tensor, Option<Tensor>) {
+    let alone = ["{}".to_string()];
+    let prompts = if prompts.is_empty() {
+        &alone[..]
+    } else {
+        prompts
+    };
+    let device = scorer.device();
+    let rows = |template: &str| {
+        let texts: Vec<String> = class_names.iter().map(|c| prompted(template, c)).collect();
+        tokens(tokenizer, &texts, seq_len)
+    };
+    match scorer.score_kind() {
+        ScoreKind::Similarity => tch::no_grad(|| {
+            let mut sum: Option<Tensor> = None;
+            for template in prompts {
+                let embedded = scorer.prepare_texts(&rows(template).to_device(device));
+                sum = Some(match sum {
+                    Some(s) => s + embedded,
+                    None => embedded,
+                });
+            }
+            let sum = sum.expect("at least one template");
+            (cappa_models::layers::l2_normalize(&sum), None)
+        }),
+        ScoreKind::LogLikelihood => {
+            let candidates = rows(&prompts[0]);
+            let lengths = candidates
+                .ne(tokenizer.pad_id())
+                .sum_dim_intlist(1, false, Kind::Float)
+                .clamp_min(1.0); // (C)
+            (
+                scorer.prepare_texts(&candidates.to_device(device)),
+                Some(lengths),
+            )
         }
-        cappa_models::layers::l2_normalize(&sum.expect("at least one prompt"))
-    });
-    let predicted = batched(images.size()[0], config.batch, |start, len| {
-        let e = model.embed_images(&images.narrow(0, start, len).to_device(device));
-        e.matmul(&classes.tr()).argmax(1, false)
-    });
-    accuracy(&predicted, labels)
+    }
 }
 
-/// Captioner zero-shot accuracy: the class whose (prompted) name has the highest
-/// log-likelihood given the image, all classes scored in one batched decoder pass per image
-/// batch.
-pub fn zero_shot_likelihood(
-    model: &dyn LikelihoodScorer,
+/// Zero-shot scores (N, C) of images against classes (see [`class_texts`]), `config.batch`
+/// images per call; likelihoods divided by token counts when `config.length_normalize`.
+pub fn class_scores(
+    scorer: &dyn TextScorer,
+    tokenizer: &Tokenizer,
+    seq_len: usize,
+    images: &Tensor,
+    class_names: &[String],
+    config: &ZeroShotConfig,
+) -> Tensor {
+    let (classes, lengths) = class_texts(scorer, tokenizer, seq_len, class_names, &config.prompts);
+    let scores = score_streamed(scorer, images, &classes, Batches::of_images(config.batch));
+    match lengths {
+        Some(lengths) if config.length_normalize => scores / lengths.unsqueeze(0),
+        _ => scores,
+    }
+}
+
+/// Zero-shot accuracy: the fraction of images whose best-scoring class is their label.
+pub fn zero_shot(
+    scorer: &dyn TextScorer,
     tokenizer: &Tokenizer,
     seq_len: usize,
     images: &Tensor,
@@ -131,27 +167,8 @@ pub fn zero_shot_likelihood(
     class_names: &[String],
     config: &ZeroShotConfig,
 ) -> f64 {
-    let template = config.prompts.first().map_or("{}", String::as_str);
-    let texts: Vec<String> = class_names.iter().map(|c| prompted(template, c)).collect();
-    let candidates = tokens(tokenizer, &texts, seq_len);
-    let lengths = candidates
-        .ne(tokenizer.pad_id())
-        .sum_dim_intlist(1, false, Kind::Float)
-        .clamp_min(1.0); // (C)
-    let device = model.device();
-    let candidates = candidates.to_device(device);
-    let predicted = batched(images.size()[0], config.batch, |start, len| {
-        let scores = model
-            .log_likelihood(&images.narrow(0, start, len).to_device(device), &candidates)
-            .to_device(Device::Cpu);
-        let scores = if config.length_normalize {
-            scores / lengths.unsqueeze(0)
-        } else {
-            scores
-        };
-        scores.argmax(1, false)
-    });
-    accuracy(&predicted, labels)
+    let scores = class_scores(scorer, tokenizer, seq_len, images, class_names, config);
+    top1_accuracy(&scores, labels)
 }
 
 /// Recall at 1, 5 and 10.
@@ -233,54 +250,29 @@ pub fn flatten_captions(captions: &[Vec<String>]) -> (Vec<String>, Vec<usize>) {
     (texts, owner)
 }
 
-/// CLIP retrieval between images and their captions, by embedding similarity.
-pub fn retrieval_contrastive(
-    model: &dyn ContrastiveScorer,
+/// Retrieval between images and their captions (several per image), from the score matrix
+/// (images × captions) of [`score_matrix`]. Likelihood scorers are refused above
+/// `max_likelihood_pairs` pairs, since each pair costs a decoder pass.
+pub fn retrieval(
+    scorer: &dyn TextScorer,
     tokenizer: &Tokenizer,
     seq_len: usize,
     images: &Tensor,
     captions: &[Vec<String>],
     batch: i64,
-) -> RetrievalScores {
-    let device = model.device();
-    let (texts, owner) = flatten_captions(captions);
-    let text_tokens = tokens(tokenizer, &texts, seq_len);
-    let text_embeddings = batched(texts.len() as i64, batch, |start, len| {
-        model.embed_texts(&text_tokens.narrow(0, start, len).to_device(device))
-    });
-    let image_embeddings = batched(images.size()[0], batch, |start, len| {
-        model.embed_images(&images.narrow(0, start, len).to_device(device))
-    });
-    recall_from_similarity(&image_embeddings.matmul(&text_embeddings.tr()), &owner)
-}
-
-/// Captioner retrieval: every (image, caption) pair scored by the caption's log-likelihood.
-/// Refused above `max_pairs` pairs, since each pair costs a decoder pass.
-pub fn retrieval_likelihood(
-    model: &dyn LikelihoodScorer,
-    tokenizer: &Tokenizer,
-    seq_len: usize,
-    images: &Tensor,
-    captions: &[Vec<String>],
-    max_pairs: usize,
-    batch: i64,
+    max_likelihood_pairs: usize,
 ) -> Result<RetrievalScores, EvalError> {
     let (texts, owner) = flatten_captions(captions);
     let pairs = images.size()[0] as usize * texts.len();
-    if pairs > max_pairs {
+    if scorer.score_kind() == ScoreKind::LogLikelihood && pairs > max_likelihood_pairs {
         return Err(EvalError::TooManyPairs {
             pairs,
-            limit: max_pairs,
+            limit: max_likelihood_pairs,
         });
     }
-    let device = model.device();
-    let candidates = tokens(tokenizer, &texts, seq_len).to_device(device);
-    // Fewer images per batch: each image scores every caption.
-    let per_batch = (batch * 16 / texts.len().max(1) as i64).clamp(1, batch);
-    let similarity = batched(images.size()[0], per_batch, |start, len| {
-        model.log_likelihood(&images.narrow(0, start, len).to_device(device), &candidates)
-    });
-    Ok(recall_from_similarity(&similarity, &owner))
+    let text_sides = prepare_texts(scorer, &tokens(tokenizer, &texts, seq_len), batch);
+    let scores = score_matrix(scorer, images, &text_sides, batch);
+    Ok(recall_from_similarity(&scores, &owner))
 }
 
 /// One image with a true caption and a negative of some kind.
@@ -292,19 +284,37 @@ pub struct PreferenceItem {
     pub negative: String,
 }
 
-/// Accuracy per kind (and "all") of preferring the true caption over its negative, from a
-/// function scoring (image indices, captions) pairs.
-fn preference_accuracy(
+/// Scores (N, 2) of each item's image against its true caption (column 0) and its negative
+/// (column 1), from [`paired_scores`].
+pub fn preference_scores(
+    scorer: &dyn TextScorer,
+    tokenizer: &Tokenizer,
+    seq_len: usize,
+    images: &Tensor,
     items: &[PreferenceItem],
-    mut score_pairs: impl FnMut(&[usize], &[String]) -> Vec<f64>,
-) -> BTreeMap<String, f64> {
-    let images: Vec<usize> = items.iter().map(|i| i.image).collect();
+    batch: i64,
+) -> Tensor {
+    let image_of: Vec<usize> = items.iter().map(|i| i.image).collect();
     let captions: Vec<String> = items.iter().map(|i| i.caption.clone()).collect();
     let negatives: Vec<String> = items.iter().map(|i| i.negative.clone()).collect();
-    let (good, bad) = (
-        score_pairs(&images, &captions),
-        score_pairs(&images, &negatives),
+    let columns = [
+        tokens(tokenizer, &captions, seq_len),
+        tokens(tokenizer, &negatives, seq_len),
+    ];
+    paired_scores(scorer, images, &image_of, &columns, batch)
+}
+
+/// Accuracy per kind (and "all") of preferring the true caption over its negative, from
+/// scores (N, 2) of (true, negative) per item: a strictly higher true score counts.
+pub fn preference_accuracy(items: &[PreferenceItem], scores: &Tensor) -> BTreeMap<String, f64> {
+    let scores = scores.to_device(Device::Cpu).to_kind(Kind::Double);
+    assert_eq!(
+        scores.size(),
+        [items.len() as i64, 2],
+        "preference scores are (items, 2)"
     );
+    let good: Vec<f64> = Vec::try_from(scores.select(1, 0)).expect("f64 scores");
+    let bad: Vec<f64> = Vec::try_from(scores.select(1, 1)).expect("f64 scores");
     let mut counts: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     for (item, (g, b)) in items.iter().zip(good.iter().zip(&bad)) {
         for key in [item.kind.as_str(), "all"] {
@@ -319,66 +329,18 @@ fn preference_accuracy(
         .collect()
 }
 
-/// Compositional preference for CLIP: cosine similarity of the image to each caption.
-pub fn compositional_contrastive(
-    model: &dyn ContrastiveScorer,
+/// Compositional preference: accuracy per kind (and "all") of scoring each item's true
+/// caption above its negative.
+pub fn compositional(
+    scorer: &dyn TextScorer,
     tokenizer: &Tokenizer,
     seq_len: usize,
     images: &Tensor,
     items: &[PreferenceItem],
     batch: i64,
 ) -> BTreeMap<String, f64> {
-    let device = model.device();
-    let image_embeddings = batched(images.size()[0], batch, |start, len| {
-        model.embed_images(&images.narrow(0, start, len).to_device(device))
-    });
-    preference_accuracy(items, |which, texts| {
-        let t = tokens(tokenizer, texts, seq_len);
-        let e = batched(texts.len() as i64, batch, |start, len| {
-            model.embed_texts(&t.narrow(0, start, len).to_device(device))
-        });
-        let index = Tensor::from_slice(&which.iter().map(|&i| i as i64).collect::<Vec<_>>());
-        let img = image_embeddings.index_select(0, &index);
-        Vec::try_from((img * e).sum_dim_intlist(1, false, Kind::Double)).expect("f64")
-    })
-}
-
-/// Compositional preference for captioners: summed log-likelihood of each caption.
-pub fn compositional_likelihood(
-    model: &dyn LikelihoodScorer,
-    tokenizer: &Tokenizer,
-    seq_len: usize,
-    images: &Tensor,
-    items: &[PreferenceItem],
-    batch: i64,
-) -> BTreeMap<String, f64> {
-    preference_accuracy(items, |which, texts| {
-        pair_log_likelihood(model, tokenizer, seq_len, images, which, texts, batch)
-    })
-}
-
-/// Summed log-likelihood of `texts[k]` given image `which[k]`.
-fn pair_log_likelihood(
-    model: &dyn LikelihoodScorer,
-    tokenizer: &Tokenizer,
-    seq_len: usize,
-    images: &Tensor,
-    which: &[usize],
-    texts: &[String],
-    batch: i64,
-) -> Vec<f64> {
-    let device = model.device();
-    let t = tokens(tokenizer, texts, seq_len);
-    let index = Tensor::from_slice(&which.iter().map(|&i| i as i64).collect::<Vec<_>>());
-    let scores = batched(texts.len() as i64, batch, |start, len| {
-        let imgs = images
-            .index_select(0, &index.narrow(0, start, len))
-            .to_device(device);
-        // (b, 1, L): one candidate per image.
-        let candidates = t.narrow(0, start, len).unsqueeze(1).to_device(device);
-        model.log_likelihood(&imgs, &candidates).squeeze_dim(1)
-    });
-    Vec::try_from(scores.to_kind(Kind::Double)).expect("f64")
+    let scores = preference_scores(scorer, tokenizer, seq_len, images, items, batch);
+    preference_accuracy(items, &scores)
 }
 
 /// Held-out caption likelihood of a captioner.
@@ -391,18 +353,21 @@ pub struct Perplexity {
     pub tokens: u64,
 }
 
-/// Perplexity of `captions[k]` given image `k` (teacher-forced, autoregressive).
+/// Perplexity of `captions[k]` given image `k` (teacher-forced, autoregressive), from the
+/// captioner's paired scores ([`paired_scores`], one column).
 pub fn perplexity(
-    model: &dyn LikelihoodScorer,
+    model: &dyn Captioner,
     tokenizer: &Tokenizer,
     seq_len: usize,
     images: &Tensor,
     captions: &[String],
     batch: i64,
 ) -> Perplexity {
-    let which: Vec<usize> = (0..captions.len()).collect();
-    let logp = pair_log_likelihood(model, tokenizer, seq_len, images, &which, captions, batch);
-    let count: i64 = tokens(tokenizer, captions, seq_len)
+    let image_of: Vec<usize> = (0..captions.len()).collect();
+    let rows = tokens(tokenizer, captions, seq_len);
+    let scores = paired_scores(model, images, &image_of, std::slice::from_ref(&rows), batch);
+    let logp: Vec<f64> = Vec::try_from(scores.view([-1])).expect("f64 scores");
+    let count: i64 = rows
         .ne(tokenizer.pad_id())
         .sum(Kind::Int64)
         .int64_value(&[]);
@@ -415,7 +380,7 @@ pub fn perplexity(
 }
 
 /// Captions generated for images, scored against references.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CaptioningResult {
     pub scores: CaptionScores,
     pub hypotheses: Vec<String>,
@@ -423,7 +388,7 @@ pub struct CaptioningResult {
 
 /// Generates a caption per image (greedy or beam, per `config`) and scores them.
 pub fn captioning(
-    model: &dyn LikelihoodScorer,
+    model: &dyn Captioner,
     tokenizer: &Tokenizer,
     images: &Tensor,
     references: &[Vec<String>],
@@ -472,6 +437,13 @@ mod tests {
     }
 
     #[test]
+    fn top1_takes_the_first_of_tied_classes() {
+        let scores = Tensor::from_slice(&[0.2f32, 0.9, 0.1, 0.5, 0.5, 0.0]).view([2, 3]);
+        assert_eq!(top1_accuracy(&scores, &[1, 0]), 1.0);
+        assert_eq!(top1_accuracy(&scores, &[1, 1]), 0.5);
+    }
+
+    #[test]
     fn ties_rank_by_index() {
         assert_eq!(rank(|_| 1.0, 4, 2), 2);
         assert_eq!(rank(|u| u as f64, 4, 3), 0);
@@ -488,14 +460,10 @@ mod tests {
                 negative: format!("false {image}"),
             })
             .collect();
-        // The scorer likes true captions except for image 1.
-        let acc = preference_accuracy(&items, |which, texts| {
-            which
-                .iter()
-                .zip(texts)
-                .map(|(&i, t)| f64::from(t.starts_with("true") != (i == 1)))
-                .collect()
-        });
+        // (true, negative) scores: the true caption wins except for image 1, where they tie
+        // (a tie is not a preference).
+        let scores = Tensor::from_slice(&[1.0f64, 0.0, 0.5, 0.5, 2.0, -1.0]).view([3, 2]);
+        let acc = preference_accuracy(&items, &scores);
         assert_eq!(acc["a"], 0.5);
         assert_eq!(acc["b"], 1.0);
         assert!((acc["all"] - 2.0 / 3.0).abs() < 1e-12);

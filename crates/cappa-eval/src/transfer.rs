@@ -9,7 +9,9 @@
 
 use cappa_data::readers::normalize_vqa_answer;
 use cappa_data::tokenizer::Tokenizer;
-use cappa_models::{shift_right, CapDecoder, DecoderConfig, Decoding, GenerateConfig};
+use cappa_models::{
+    shift_right, CapDecoder, DecoderConfig, Decoding, GenerateConfig, SpecialTokens,
+};
 use cappa_objectives::caption_loss;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -19,7 +21,7 @@ use tch::{Device, Tensor};
 
 use crate::caption_metrics::{score_captions, CaptionItem, CaptionScores};
 use crate::model::ImageEncoder;
-use crate::tasks::batched;
+use crate::scoring::batched;
 
 /// The transfer decoder and its training.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,14 +65,32 @@ pub struct TextExample {
 
 const ANSWER_MARK: &str = " answer:";
 
+/// Width of the transfer decoder's MLP as a multiple of its width (the usual 4).
+pub const TRANSFER_MLP_RATIO: i64 = 4;
+
+/// Most tokens generated for a VQA answer (the scene world's answers are a word or two).
+pub const MAX_ANSWER_TOKENS: usize = 4;
+
+/// The shortest transfer sequence worth training with: a VQA question, the answer mark, the
+/// answer and EOS fit in it.
+pub const MIN_TRANSFER_SEQ_LEN: usize = 24;
+
+/// Reads a float written as `null`, as serde_json writes NaN (a loss after no steps).
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(deserializer)?.unwrap_or(f64::NAN))
+}
+
 /// Results of both transfer tasks.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TransferResult {
     pub captioning: CaptionScores,
     pub vqa_accuracy: f64,
     /// VQA accuracy per question kind, when kinds were given.
     pub vqa_by_kind: std::collections::BTreeMap<String, f64>,
+    /// Loss of the last training step (NaN, written `null`, after no steps).
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_caption_loss: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub final_vqa_loss: f64,
 }
 
@@ -140,18 +160,22 @@ fn train_decoder(
     device: Device,
 ) -> Trained {
     let memory_width = tokens.size()[2];
-    let mut decoder_config = DecoderConfig::for_encoder(
-        tokenizer.vocab_size() as i64,
+    // The tokenizer's own ids: the decoder starts from its pad id, stops at its EOS.
+    let special = SpecialTokens {
+        vocab_size: tokenizer.vocab_size() as i64,
+        pad_id: tokenizer.pad_id(),
+        eos_id: tokenizer.eos_id(),
+    };
+    let mut decoder_config = DecoderConfig::new(
+        special,
         config.seq_len as i64,
         config.width,
         config.depth,
         config.heads,
-        4 * config.width,
+        TRANSFER_MLP_RATIO * config.width,
     );
     decoder_config.depth = config.depth;
     decoder_config.memory_width = memory_width;
-    decoder_config.pad_id = tokenizer.pad_id();
-    decoder_config.eos_id = tokenizer.eos_id();
     tch::manual_seed(config.seed as i64);
     let vs = VarStore::new(device);
     let decoder = CapDecoder::new(vs.root() / "decoder", &decoder_config);
@@ -259,7 +283,7 @@ pub fn transfer(
         let memory = test_tokens
             .narrow(0, example.image as i64, 1)
             .to_device(device);
-        let predicted = answer(&vqa.decoder, &memory, &prefix, 4, tokenizer);
+        let predicted = answer(&vqa.decoder, &memory, &prefix, MAX_ANSWER_TOKENS, tokenizer);
         let truth = example.answer.as_deref().unwrap_or_default();
         let hit = normalize_vqa_answer(&predicted) == normalize_vqa_answer(truth);
         correct += usize::from(hit);

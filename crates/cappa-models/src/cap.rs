@@ -8,6 +8,8 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::decoder::{CapDecoder, DecoderConfig, Decoding, GenerateConfig};
+use crate::tokens::SpecialTokens;
+use crate::validate::ConfigError;
 use crate::vit::{ImageEncoding, Vit, VitConfig};
 
 /// Configuration of a [`CapModel`].
@@ -20,10 +22,10 @@ pub struct CapConfig {
 
 impl CapConfig {
     /// The paper's layout for an encoder: decoder of half its depth with the same width, heads
-    /// and MLP, attending to the encoder's patch tokens.
-    pub fn new(vision: VitConfig, vocab_size: i64, max_len: i64) -> Self {
-        let decoder = DecoderConfig::for_encoder(
-            vocab_size,
+    /// and MLP, attending to the encoder's patch tokens, for a tokenizer's ids.
+    pub fn new(vision: VitConfig, tokens: SpecialTokens, max_len: i64) -> Self {
+        let decoder = DecoderConfig::new(
+            tokens,
             max_len,
             vision.width,
             vision.depth,
@@ -33,23 +35,29 @@ impl CapConfig {
         Self { vision, decoder }
     }
 
-    /// Tiny test preset: [`VitConfig::tiny`], 512-token vocabulary, 64 positions.
+    /// Tiny test preset: [`VitConfig::tiny`], the built-in tokenizer's ids for a 512-token
+    /// vocabulary, 64 positions.
     pub fn tiny() -> Self {
-        Self::new(VitConfig::tiny(), 512, 64)
+        Self::new(VitConfig::tiny(), SpecialTokens::built_in(512), 64)
     }
 
-    /// Small CPU preset: [`VitConfig::small`], 512-token vocabulary, 64 positions.
+    /// Small CPU preset: [`VitConfig::small`], the built-in tokenizer's ids for a 512-token
+    /// vocabulary, 64 positions.
     pub fn small() -> Self {
-        Self::new(VitConfig::small(), 512, 64)
+        Self::new(VitConfig::small(), SpecialTokens::built_in(512), 64)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.vision.validate()?;
         self.decoder.validate()?;
         if self.decoder.memory_width != self.vision.width {
-            return Err(format!(
-                "decoder.memory_width {} must equal vision.width {}",
-                self.decoder.memory_width, self.vision.width
+            return Err(ConfigError::new(
+                "decoder",
+                "memory_width",
+                format!(
+                    "{} must equal vision.width {}",
+                    self.decoder.memory_width, self.vision.width
+                ),
             ));
         }
         Ok(())

@@ -11,6 +11,7 @@ use tch::Tensor;
 
 use crate::layers::l2_normalize;
 use crate::text::{TextConfig, TextEncoder};
+use crate::validate::ConfigError;
 use crate::vit::{Vit, VitConfig};
 
 /// Which contrastive loss the temperature (and bias) are initialised for.
@@ -61,13 +62,17 @@ impl ClipConfig {
         )
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         self.vision.validate()?;
         self.text.validate()?;
         if self.vision.output_dim != Some(self.text.output_dim) {
-            return Err(format!(
-                "vision.output_dim {:?} must equal text.output_dim {} so the embeddings share a space",
-                self.vision.output_dim, self.text.output_dim
+            return Err(ConfigError::new(
+                "vision",
+                "output_dim",
+                format!(
+                    "{:?} must equal text.output_dim {} so the embeddings share a space",
+                    self.vision.output_dim, self.text.output_dim
+                ),
             ));
         }
         Ok(())

@@ -19,9 +19,11 @@ use tch::{Kind, Tensor};
 use crate::layers::{
     attend, dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, SelfAttention,
 };
-use crate::validate;
+use crate::tokens::SpecialTokens;
+use crate::validate::{self, ConfigError};
 
-/// Configuration of a [`CapDecoder`].
+/// Configuration of a [`CapDecoder`]. `vocab_size`, `bos_id`, `eos_id` and `pad_id` come from
+/// the tokenizer ([`DecoderConfig::new`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecoderConfig {
@@ -35,18 +37,21 @@ pub struct DecoderConfig {
     pub mlp_dim: i64,
     /// Width of the image tokens the decoder attends to.
     pub memory_width: i64,
-    /// First decoder input; the reference uses the pad id 0.
+    /// The first decoder input: the tokenizer's pad id ([`SpecialTokens::decoder_start_id`]),
+    /// as in big_vision's CapPa, not its BOS. The name is kept so that checkpoints load.
     pub bos_id: i64,
+    /// Generation stops at it.
     pub eos_id: i64,
+    /// Scores and the caption loss ignore pad targets; finished beams continue with it.
     pub pad_id: i64,
     pub dropout: f64,
 }
 
 impl DecoderConfig {
-    /// The paper's default for an encoder of width `width` and depth `depth`: half the depth,
-    /// the same width, heads and MLP; BOS = pad = 0, EOS = 2.
-    pub fn for_encoder(
-        vocab_size: i64,
+    /// The paper's default for an encoder of width `width` and depth `depth` and a tokenizer's
+    /// ids: half the depth, the same width, heads and MLP; the first input is the pad id.
+    pub fn new(
+        tokens: SpecialTokens,
         max_len: i64,
         width: i64,
         depth: i64,
@@ -54,17 +59,26 @@ impl DecoderConfig {
         mlp_dim: i64,
     ) -> Self {
         Self {
-            vocab_size,
+            vocab_size: tokens.vocab_size,
             max_len,
             width,
             depth: (depth / 2).max(1),
             num_heads,
             mlp_dim,
             memory_width: width,
-            bos_id: 0,
-            eos_id: 2,
-            pad_id: 0,
+            bos_id: tokens.decoder_start_id(),
+            eos_id: tokens.eos_id,
+            pad_id: tokens.pad_id,
             dropout: 0.0,
+        }
+    }
+
+    /// The vocabulary and ids this decoder was configured for.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            vocab_size: self.vocab_size,
+            pad_id: self.pad_id,
+            eos_id: self.eos_id,
         }
     }
 
@@ -73,7 +87,7 @@ impl DecoderConfig {
         self.vocab_size
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         validate::positive(
             "decoder",
             &[
@@ -96,6 +110,18 @@ impl DecoderConfig {
                 ("pad_id", self.pad_id),
             ],
         )?;
+        if self.eos_id == self.pad_id {
+            return Err(ConfigError::new(
+                "decoder",
+                "eos_id",
+                format!(
+                    "{} equals decoder.pad_id: the caption loss ignores pad targets, so the \
+                     decoder would never learn to end a caption (give the tokenizer its own \
+                     pad token)",
+                    self.eos_id
+                ),
+            ));
+        }
         validate::dropout("decoder", self.dropout)?;
         Ok(())
     }

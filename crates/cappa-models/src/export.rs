@@ -10,26 +10,42 @@ use tch::nn::VarStore;
 
 use crate::checkpoint::{save_weights, write_json, CheckpointError};
 use crate::clip::{ClipConfig, ContrastiveLoss};
+use crate::validate::ConfigError;
 use crate::vit::{Pooling, PositionEmbedding};
 
 pub const OPEN_CLIP_CONFIG_FILE: &str = "open_clip_config.json";
 pub const OPEN_CLIP_WEIGHTS_FILE: &str = "open_clip_model.safetensors";
 
-/// open_clip's `open_clip_config.json` for a cappa CLIP, or why open_clip cannot express it.
-pub fn open_clip_config(config: &ClipConfig) -> Result<serde_json::Value, String> {
+/// open_clip's `open_clip_config.json` for a cappa CLIP, or the field open_clip cannot express.
+pub fn open_clip_config(config: &ClipConfig) -> Result<serde_json::Value, ConfigError> {
     let (v, t) = (&config.vision, &config.text);
     if !v.class_token {
-        return Err("open_clip's ViT always has a class token: train with vision.class_token = true to export".into());
+        return Err(ConfigError::new(
+            "vision",
+            "class_token",
+            "is false, but open_clip's ViT always has a class token: train with \
+             vision.class_token = true to export",
+        ));
     }
     let pool_type = match v.pooling {
         Pooling::Cls => "tok",
         Pooling::Gap => "avg",
         Pooling::Map => {
-            return Err("open_clip's attentional pooler differs from cappa's MAP head: use vision.pooling = cls or gap to export".into())
+            return Err(ConfigError::new(
+                "vision",
+                "pooling",
+                "= map, but open_clip's attentional pooler differs from cappa's MAP head: use \
+                 vision.pooling = cls or gap to export",
+            ))
         }
     };
     if v.position_embedding != PositionEmbedding::Learned {
-        return Err("only learned position embeddings are exported: use vision.position_embedding = learned".into());
+        return Err(ConfigError::new(
+            "vision",
+            "position_embedding",
+            "is not learned, and only learned position embeddings are exported: use \
+             vision.position_embedding = learned",
+        ));
     }
     let mut model_cfg = json!({
         "embed_dim": t.output_dim,
@@ -77,10 +93,11 @@ pub fn export_open_clip(
     config: &ClipConfig,
     out_dir: &Path,
 ) -> Result<(), CheckpointError> {
-    let config_json = open_clip_config(config).map_err(|why| CheckpointError::InvalidConfig {
-        path: out_dir.join(OPEN_CLIP_CONFIG_FILE),
-        why,
-    })?;
+    let config_json =
+        open_clip_config(config).map_err(|source| CheckpointError::InvalidConfig {
+            path: out_dir.join(OPEN_CLIP_CONFIG_FILE),
+            source,
+        })?;
     std::fs::create_dir_all(out_dir).map_err(|source| CheckpointError::Io {
         path: out_dir.to_path_buf(),
         source,

@@ -4,7 +4,12 @@
 //!
 //! Boundaries: models expose task methods (`encode_image`, `encode_text`, `decode`,
 //! `generate`, `score`) and compute no loss; losses live in `cappa-objectives`, training in
-//! `cappa-trainer`. Depends only on `tch` (libtorch 2.11.0) and serde.
+//! `cappa-trainer`. Depends on `tch` (libtorch 2.11.0), serde and `cappa-io` (atomic writes).
+//!
+//! The tokenizer's vocabulary size and special ids reach the models as [`SpecialTokens`]
+//! ([`TextConfig::new`], [`DecoderConfig::new`], [`CapConfig::new`]); the presets carry the
+//! built-in tokenizer's (pad 0, EOS 2). Invalid configurations are a [`ConfigError`] naming
+//! the field.
 //!
 //! ```
 //! use cappa_models::{CapConfig, CapModel, Decoding, GenerateConfig};
@@ -29,6 +34,7 @@ mod decoder;
 pub mod export;
 pub mod layers;
 mod text;
+mod tokens;
 mod validate;
 mod vit;
 
@@ -38,4 +44,6 @@ pub use clip::{Clip, ClipConfig, ContrastiveLoss};
 pub use cost::{num_params, train_flops};
 pub use decoder::{shift_right, CapDecoder, DecoderConfig, Decoding, GenerateConfig, KvCache};
 pub use text::{TextConfig, TextEncoder};
+pub use tokens::SpecialTokens;
+pub use validate::ConfigError;
 pub use vit::{sincos_2d, ImageEncoding, Pooling, PositionEmbedding, Vit, VitConfig};

@@ -10,9 +10,12 @@ use tch::nn;
 use tch::Tensor;
 
 use crate::layers::{dropout, eos_positions, normal, AttentionMask, LayerNorm, Transformer};
-use crate::validate;
+use crate::tokens::SpecialTokens;
+use crate::validate::{self, ConfigError};
 
-/// Configuration of a [`TextEncoder`].
+/// Configuration of a [`TextEncoder`]. `vocab_size`, `eos_id` and `pad_id` are the
+/// tokenizer's ([`TextConfig::with_special_tokens`]); the presets carry the built-in
+/// tokenizer's until then.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TextConfig {
@@ -31,9 +34,9 @@ pub struct TextConfig {
 }
 
 impl TextConfig {
-    /// A text tower of the given size with MLP 4·width, EOS id 2 and pad id 0.
+    /// A text tower of the given size for a tokenizer's ids, with MLP 4·width.
     pub fn new(
-        vocab_size: i64,
+        tokens: SpecialTokens,
         context_length: i64,
         width: i64,
         depth: i64,
@@ -41,37 +44,56 @@ impl TextConfig {
         output_dim: i64,
     ) -> Self {
         Self {
-            vocab_size,
+            vocab_size: tokens.vocab_size,
             context_length,
             width,
             depth,
             num_heads,
             mlp_dim: 4 * width,
             output_dim,
-            eos_id: 2,
-            pad_id: 0,
+            eos_id: tokens.eos_id,
+            pad_id: tokens.pad_id,
             dropout: 0.0,
+        }
+    }
+
+    /// This tower for a tokenizer's vocabulary and ids.
+    pub fn with_special_tokens(self, tokens: SpecialTokens) -> Self {
+        Self {
+            vocab_size: tokens.vocab_size,
+            eos_id: tokens.eos_id,
+            pad_id: tokens.pad_id,
+            ..self
+        }
+    }
+
+    /// The vocabulary and ids this tower was configured for.
+    pub fn special_tokens(&self) -> SpecialTokens {
+        SpecialTokens {
+            vocab_size: self.vocab_size,
+            pad_id: self.pad_id,
+            eos_id: self.eos_id,
         }
     }
 
     /// Test preset matching [`crate::VitConfig::tiny`]: width 64, 2 layers, 16 tokens.
     pub fn tiny() -> Self {
-        Self::new(512, 16, 64, 2, 4, 64)
+        Self::new(SpecialTokens::built_in(512), 16, 64, 2, 4, 64)
     }
     /// Small CPU preset matching [`crate::VitConfig::small`]: width 192, 6 layers, 32 tokens.
     pub fn small() -> Self {
-        Self::new(512, 32, 192, 6, 3, 192)
+        Self::new(SpecialTokens::built_in(512), 32, 192, 6, 3, 192)
     }
     /// The paper's CLIP* text tower at B/16: width 768, 12 layers, 64 tokens, 32k vocabulary.
     pub fn b16() -> Self {
-        Self::new(32_000, 64, 768, 12, 12, 768)
+        Self::new(SpecialTokens::built_in(32_000), 64, 768, 12, 12, 768)
     }
     /// open_clip's ViT-B/16 text tower: width 512, 12 layers, 77 tokens.
     pub fn open_clip_b16() -> Self {
-        Self::new(49_408, 77, 512, 12, 8, 512)
+        Self::new(SpecialTokens::built_in(49_408), 77, 512, 12, 8, 512)
     }
 
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         validate::positive(
             "text",
             &[

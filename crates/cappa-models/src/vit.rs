@@ -14,7 +14,7 @@ use tch::nn::{self, Module};
 use tch::{Kind, Tensor};
 
 use crate::layers::{dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, Transformer};
-use crate::validate;
+use crate::validate::{self, ConfigError};
 
 /// How the encoder's tokens are reduced to one vector per image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -144,9 +144,9 @@ impl VitConfig {
     }
 
     /// Checks the invariants that the forward pass relies on.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         validate::positive(
-            "vit",
+            "vision",
             &[
                 ("image_size", self.image_size),
                 ("patch_size", self.patch_size),
@@ -157,16 +157,24 @@ impl VitConfig {
             ],
         )?;
         if self.image_size % self.patch_size != 0 {
-            return Err(format!(
-                "vit.image_size {} is not a multiple of vit.patch_size {}",
-                self.image_size, self.patch_size
+            return Err(ConfigError::new(
+                "vision",
+                "image_size",
+                format!(
+                    "{} is not a multiple of vision.patch_size {}",
+                    self.image_size, self.patch_size
+                ),
             ));
         }
-        validate::heads_divide_width("vit", self.width, self.num_heads)?;
+        validate::heads_divide_width("vision", self.width, self.num_heads)?;
         if self.pooling == Pooling::Cls && !self.class_token {
-            return Err("vit.pooling = cls needs vit.class_token = true".into());
+            return Err(ConfigError::new(
+                "vision",
+                "pooling",
+                "= cls needs vision.class_token = true",
+            ));
         }
-        validate::dropout("vit", self.dropout)?;
+        validate::dropout("vision", self.dropout)?;
         Ok(())
     }
 }

@@ -1,7 +1,7 @@
 //! Parameter and FLOP counts against hand-computed values and the published figures in
 //! REFERENCE.md (within 3 %).
 
-use cappa_models::{num_params, train_flops, CapConfig, TextConfig, Vit, VitConfig};
+use cappa_models::{num_params, train_flops, CapConfig, SpecialTokens, TextConfig, Vit, VitConfig};
 use tch::nn::VarStore;
 use tch::Device;
 
@@ -43,7 +43,7 @@ fn text_tower_flops_match_the_published_figures() {
 
 #[test]
 fn cap_and_clip_star_b16_training_compute_match_the_paper() {
-    let cap = CapConfig::new(VitConfig::b16(), 32_000, 64);
+    let cap = CapConfig::new(VitConfig::b16(), SpecialTokens::built_in(32_000), 64);
     assert_eq!(cap.decoder.depth, 6);
     assert_within(train_flops(cap.forward_flops()), 143e9, 0.03, "Cap B/16");
     let clip_star = VitConfig::b16().forward_flops() + TextConfig::b16().forward_flops(64);

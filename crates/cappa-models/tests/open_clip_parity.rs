@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use cappa_models::{
-    Clip, ClipConfig, ContrastiveLoss, Pooling, PositionEmbedding, TextConfig, VitConfig,
+    Clip, ClipConfig, ContrastiveLoss, Pooling, PositionEmbedding, SpecialTokens, TextConfig,
+    VitConfig,
 };
 use tch::nn::VarStore;
 use tch::{Device, Tensor};
@@ -25,10 +26,15 @@ fn tiny_open_clip(pooling: Pooling) -> ClipConfig {
         output_dim: None,
         dropout: 0.0,
     };
+    // open_clip pools at the largest id, the EOT token.
+    let tokens = SpecialTokens {
+        vocab_size: 64,
+        pad_id: 0,
+        eos_id: 63,
+    };
     let text = TextConfig {
-        eos_id: 63, // open_clip pools at the largest id, the EOT token
         mlp_dim: 128,
-        ..TextConfig::new(64, 8, 32, 2, 4, 16)
+        ..TextConfig::new(tokens, 8, 32, 2, 4, 16)
     };
     ClipConfig::new(vision, text, ContrastiveLoss::Softmax)
 }

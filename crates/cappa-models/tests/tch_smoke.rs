@@ -39,14 +39,14 @@ fn forward_and_backward_on_cpu_match_hand_computed_gradients() {
     check_linear_square_gradients(Device::Cpu);
 }
 
+/// Run on a CUDA machine with `cargo test -p cappa-models --test tch_smoke -- --ignored`.
 #[test]
+#[ignore = "needs a CUDA device"]
 fn forward_and_backward_on_cuda_match_hand_computed_gradients() {
-    if !tch::Cuda::is_available() {
-        eprintln!(
-            "skipped: no CUDA device is visible to libtorch (tch::Cuda::is_available() is false)"
-        );
-        return;
-    }
+    assert!(
+        tch::Cuda::is_available(),
+        "no CUDA device is visible to libtorch (tch::Cuda::is_available() is false)"
+    );
     for index in 0..tch::Cuda::device_count() {
         check_linear_square_gradients(Device::Cuda(index as usize));
     }

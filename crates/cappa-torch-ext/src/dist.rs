@@ -226,12 +226,12 @@ impl ProcessGroup {
             },
             |pg| !pg.is_null(),
         )
-        .map_err(|message| DistError::Rendezvous {
+        .map_err(|error| DistError::Rendezvous {
             rank: env.rank,
             world_size: env.world_size,
             addr: env.master_addr.clone(),
             port: env.master_port,
-            message,
+            message: error.message,
         })?;
         Ok(ProcessGroup {
             pg,
@@ -263,12 +263,12 @@ impl ProcessGroup {
         self.backend
     }
 
-    fn collective(&self, op: &'static str, message: String) -> DistError {
+    fn collective(&self, op: &'static str, error: ffi::ShimError) -> DistError {
         DistError::Collective {
             rank: self.rank,
             world_size: self.world_size,
             op,
-            message,
+            message: error.message,
         }
     }
 

@@ -1,5 +1,5 @@
 //! The C ABI of `csrc/shim.cpp`. Every fallible call returns `false` (or null) and sets
-//! `error` to a malloc'ed message that [`take_error`] turns into a `String` and frees.
+//! `error` to a malloc'ed message that [`take_error`] turns into a [`ShimError`] and frees.
 
 use std::ffi::{c_char, c_int, CStr};
 
@@ -75,11 +75,19 @@ extern "C" {
     pub(crate) fn cappa_pg_barrier(pg: *mut CappaPg, error: *mut *mut c_char) -> bool;
 }
 
+/// A libtorch call through the shim failed; `message` is libtorch's (the text of the C++
+/// exception the shim caught).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ShimError {
+    pub message: String,
+}
+
 /// Runs a shim call that reports failure through an error string.
 pub(crate) fn checked<T>(
     call: impl FnOnce(*mut *mut c_char) -> T,
     ok: impl Fn(&T) -> bool,
-) -> Result<T, String> {
+) -> Result<T, ShimError> {
     let mut error: *mut c_char = std::ptr::null_mut();
     let value = call(&mut error);
     if ok(&value) {
@@ -89,14 +97,16 @@ pub(crate) fn checked<T>(
     }
 }
 
-fn take_error(error: *mut c_char) -> String {
+fn take_error(error: *mut c_char) -> ShimError {
     if error.is_null() {
-        return "unknown error in the libtorch shim".into();
+        return ShimError {
+            message: "unknown error in the libtorch shim".into(),
+        };
     }
     // SAFETY: the shim returns a NUL-terminated malloc'ed string that we own and free here.
     let message = unsafe { CStr::from_ptr(error) }
         .to_string_lossy()
         .into_owned();
     unsafe { cappa_free_string(error) };
-    message
+    ShimError { message }
 }

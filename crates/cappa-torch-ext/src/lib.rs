@@ -30,3 +30,5 @@ pub mod backends;
 pub mod dist;
 mod ffi;
 pub mod optim;
+
+pub use ffi::ShimError;

@@ -2,7 +2,15 @@
 
 use tch::Tensor;
 
-use crate::ffi;
+use crate::ffi::{self, ShimError};
+
+/// libtorch's fused AdamW kernel refused the update (tensors of different shapes, devices or
+/// dtypes, or a device without the kernel).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("libtorch's fused AdamW kernel failed: {source}")]
+pub struct FusedAdamWError {
+    pub source: ShimError,
+}
 
 /// The moments and hyper-parameters of one fused AdamW update.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -25,7 +33,7 @@ pub fn fused_adamw_(
     exp_avg_sq: &Tensor,
     step: &Tensor,
     h: AdamWStep,
-) -> Result<(), String> {
+) -> Result<(), FusedAdamWError> {
     ffi::checked(
         |error| unsafe {
             ffi::cappa_fused_adamw(
@@ -45,4 +53,5 @@ pub fn fused_adamw_(
         |ok| *ok,
     )
     .map(drop)
+    .map_err(|source| FusedAdamWError { source })
 }

@@ -260,6 +260,39 @@ fn bf16_autocast_on_cpu_and_restored_after() {
 }
 
 #[test]
+fn a_refused_kernel_call_returns_libtorchs_message() {
+    use cappa_torch_ext::optim::{fused_adamw_, AdamWStep};
+    let h = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        weight_decay: 0.0,
+        eps: 1e-8,
+    };
+    let step = Tensor::ones([1], (Kind::Float, Device::Cpu));
+    // An integer parameter: libtorch's C++ exception comes back as a typed error, not an abort.
+    let integers = Tensor::zeros([4], (Kind::Int64, Device::Cpu));
+    let error = fused_adamw_(&integers, &integers, &integers, &integers, &step, h).unwrap_err();
+    assert!(error.source.message.contains("'Long'"), "{error}");
+    assert!(
+        error
+            .to_string()
+            .starts_with("libtorch's fused AdamW kernel failed: "),
+        "{error}"
+    );
+    // A float gradient with Double moments is refused naming both types.
+    let param = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+    let doubles = Tensor::zeros([4], (Kind::Double, Device::Cpu));
+    let error = fused_adamw_(&param, &param, &doubles, &doubles, &step, h).unwrap_err();
+    assert_eq!(
+        error.source.message,
+        "expected scalar type Float but found Double"
+    );
+    let zeros = param.zeros_like();
+    assert!(fused_adamw_(&param, &zeros, &zeros, &zeros, &step, h).is_ok());
+}
+
+#[test]
 fn the_tf32_switch_sets_both_flags() {
     use cappa_torch_ext::backends::{set_tf32, tf32};
     set_tf32(true);

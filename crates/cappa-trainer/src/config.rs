@@ -1,14 +1,17 @@
 //! The experiment configuration: one JSON document (serde structs that reject unknown
 //! fields; every field has a default), `--set key.path=value` overrides, and checks that name
 //! the offending field. [`resolve`] reads, overrides, parses and checks; nothing is written.
+//! `model.vision` and `model.text` may set only some fields: the preset gives the others.
 
 use std::path::{Path, PathBuf};
 
 use cappa_data::pipeline::{Crop, DecodeLimits, Normalize, TrainTransform};
 use cappa_data::scene::SceneConfig;
-use cappa_models::{CapConfig, ClipConfig, ContrastiveLoss, ModelConfig, TextConfig, VitConfig};
+use cappa_models::{
+    CapConfig, ClipConfig, ContrastiveLoss, ModelConfig, SpecialTokens, TextConfig, VitConfig,
+};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::optim::AdamWConfig;
 use crate::schedule::ScheduleConfig;
@@ -42,7 +45,7 @@ impl Objective {
     }
 }
 
-/// The model: a named preset, optionally with its towers replaced field by field.
+/// The model: a named preset, optionally with its towers changed field by field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSpec {
@@ -53,9 +56,12 @@ pub struct ModelSpec {
     pub text_preset: Option<String>,
     /// Input resolution; default: the preset's.
     pub image_size: Option<i64>,
-    /// A complete encoder configuration, used instead of the preset.
+    /// The encoder, used instead of the preset's. In a config file or `--set` it may name
+    /// only some fields (`model.vision.patch_size=4`): [`from_value`] takes the others from
+    /// `preset`.
     pub vision: Option<VitConfig>,
-    /// A complete text-tower configuration (vocabulary and context are set from the data).
+    /// The text tower, used instead of the text preset's; as `vision`, it may name only some
+    /// fields. Vocabulary, special ids and context are set from the data.
     pub text: Option<TextConfig>,
 }
 
@@ -286,14 +292,88 @@ pub fn resolve(file: Option<&Path>, overrides: &[String]) -> Result<ExperimentCo
     from_value(value)
 }
 
-/// Parses a JSON value into a config; the error names the field's path.
-pub fn from_value(value: Value) -> Result<ExperimentConfig, ConfigError> {
+/// Parses a JSON value into a config; the error names the field's path. A `model.vision` or
+/// `model.text` that names only some fields gets the others from the presets.
+pub fn from_value(mut value: Value) -> Result<ExperimentConfig, ConfigError> {
+    complete_towers(&mut value)?;
     serde_path_to_error::deserialize(value).map_err(|error| {
         let path = error.path().to_string();
         let field = if path == "." { "config".into() } else { path };
         ConfigError::new(field, error.into_inner().to_string())
     })
 }
+
+/// Fills the fields a `model.vision` / `model.text` object leaves out with the preset's values
+/// (`model.preset`, and `model.text_preset` for the text tower), so that overriding one field
+/// of a tower keeps the rest of it, whatever the order of the overrides.
+fn complete_towers(root: &mut Value) -> Result<(), ConfigError> {
+    let Some(Value::Object(model)) = root.get_mut("model") else {
+        return Ok(());
+    };
+    let name = |key: &str| model.get(key).and_then(Value::as_str).map(str::to_owned);
+    let preset = name("preset").unwrap_or_else(|| ModelSpec::default().preset);
+    let text_preset_name = name("text_preset");
+    if let Some(Value::Object(fields)) = model.get_mut("vision") {
+        overlay_on(fields, &vision_preset(&preset)?);
+    }
+    if let Some(Value::Object(fields)) = model.get_mut("text") {
+        overlay_on(
+            fields,
+            &base_text_tower(&preset, text_preset_name.as_deref())?,
+        );
+    }
+    Ok(())
+}
+
+/// Adds each field of `base` that `fields` lacks.
+fn overlay_on(fields: &mut Map<String, Value>, base: &impl Serialize) {
+    let Value::Object(base) = serde_json::to_value(base).expect("tower configs serialise") else {
+        unreachable!("a tower config serialises to an object")
+    };
+    for (key, value) in base {
+        fields.entry(key).or_insert(value);
+    }
+}
+
+/// The encoder preset `name`.
+fn vision_preset(name: &str) -> Result<VitConfig, ConfigError> {
+    VitConfig::preset(name).ok_or_else(|| {
+        ConfigError::new(
+            "model.preset",
+            format!(
+                "unknown preset `{name}`: use tiny, small, s16, b16, b32, l14, l16 or so400m14"
+            ),
+        )
+    })
+}
+
+/// The text tower a contrastive model starts from: `text_preset`, else the encoder preset's
+/// namesake (tiny, small), else the paper's CLIP* tower (b16).
+fn base_text_tower(
+    preset: &str,
+    text_preset_name: Option<&str>,
+) -> Result<TextConfig, ConfigError> {
+    match text_preset_name {
+        Some(name) => text_preset(name).ok_or_else(|| {
+            ConfigError::new(
+                "model.text_preset",
+                format!("unknown text preset `{name}`: use tiny, small, b16 or open_clip_b16"),
+            )
+        }),
+        None => Ok(text_preset(preset).unwrap_or_else(TextConfig::b16)),
+    }
+}
+
+/// A model-config error as an experiment-config one: the tower's field under `model.`.
+fn model_field_error(error: cappa_models::ConfigError) -> ConfigError {
+    ConfigError::new(format!("model.{}", error.path()), error.why)
+}
+
+/// Stands in for the tokenizer's ids when the text tower is checked before the tokenizer
+/// exists ([`ExperimentConfig::validate`]): the built-in tokenizer's ids in a vocabulary of 512.
+/// Only the ids' range depends on it, and they lie inside any real vocabulary; the tower's
+/// real ids are checked when the model is built ([`ExperimentConfig::model_config`]).
+pub const PLACEHOLDER_TOKENS: SpecialTokens = SpecialTokens::built_in(512);
 
 /// Applies one `key.path=value` assignment to a JSON document.
 pub fn apply_override(root: &mut Value, assignment: &str) -> Result<(), ConfigError> {
@@ -523,7 +603,7 @@ impl ExperimentConfig {
     fn validate_model(&self) -> Result<(), ConfigError> {
         self.vision()?;
         if self.objective.is_contrastive() {
-            self.text_tower(512)?;
+            self.text_tower(PLACEHOLDER_TOKENS)?;
         }
         Ok(())
     }
@@ -532,45 +612,34 @@ impl ExperimentConfig {
     pub fn vision(&self) -> Result<VitConfig, ConfigError> {
         let mut vision = match &self.model.vision {
             Some(v) => v.clone(),
-            None => VitConfig::preset(&self.model.preset).ok_or_else(|| {
-                ConfigError::new(
-                    "model.preset",
-                    format!(
-                        "unknown preset `{}`: use tiny, small, s16, b16, b32, l14, l16 or so400m14",
-                        self.model.preset
-                    ),
-                )
-            })?,
+            None => vision_preset(&self.model.preset)?,
         };
         if let Some(size) = self.model.image_size {
             vision.image_size = size;
         }
-        vision
-            .validate()
-            .map_err(|why| ConfigError::new("model.vision", why))?;
+        vision.validate().map_err(model_field_error)?;
         Ok(vision)
     }
 
-    fn text_tower(&self, vocab_size: i64) -> Result<TextConfig, ConfigError> {
-        let mut text = match (&self.model.text, &self.model.text_preset) {
-            (Some(t), _) => t.clone(),
-            (None, Some(name)) => text_preset(name).ok_or_else(|| {
-                ConfigError::new(
-                    "model.text_preset",
-                    format!("unknown text preset `{name}`: use tiny, small, b16 or open_clip_b16"),
-                )
-            })?,
-            (None, None) => text_preset(&self.model.preset).unwrap_or_else(TextConfig::b16),
+    /// The contrastive text tower for a tokenizer's ids, with the data's caption length.
+    fn text_tower(&self, tokens: SpecialTokens) -> Result<TextConfig, ConfigError> {
+        let base = match &self.model.text {
+            Some(t) => t.clone(),
+            None => base_text_tower(&self.model.preset, self.model.text_preset.as_deref())?,
         };
-        text.vocab_size = vocab_size;
-        text.context_length = self.data.seq_len as i64;
-        text.validate()
-            .map_err(|why| ConfigError::new("model.text", why))?;
+        let text = TextConfig {
+            context_length: self.data.seq_len as i64,
+            ..base.with_special_tokens(tokens)
+        };
+        text.validate().map_err(model_field_error)?;
         Ok(text)
     }
 
-    /// The model for a tokenizer of `vocab_size` entries.
-    pub fn model_config(&self, vocab_size: i64) -> Result<ModelConfig, ConfigError> {
+    /// The model for a tokenizer's vocabulary and special ids
+    /// ([`crate::tokens::special_tokens`]); they are stored in every tower's configuration,
+    /// hence in the checkpoint's `config.json`. A checkpoint is checked against its
+    /// `tokenizer.json` with [`crate::tokens::check_tokenizer`].
+    pub fn model_config(&self, tokens: SpecialTokens) -> Result<ModelConfig, ConfigError> {
         let vision = self.vision()?;
         let seq_len = self.data.seq_len as i64;
         Ok(match self.objective {
@@ -580,10 +649,12 @@ impl ExperimentConfig {
                 } else {
                     ContrastiveLoss::Sigmoid
                 };
-                ModelConfig::Clip(ClipConfig::new(vision, self.text_tower(vocab_size)?, loss))
+                ModelConfig::Clip(ClipConfig::new(vision, self.text_tower(tokens)?, loss))
             }
             Objective::Cap | Objective::CapPa => {
-                ModelConfig::Cap(CapConfig::new(vision, vocab_size, seq_len))
+                let cap = CapConfig::new(vision, tokens, seq_len);
+                cap.validate().map_err(model_field_error)?;
+                ModelConfig::Cap(cap)
             }
         })
     }
@@ -745,17 +816,152 @@ mod tests {
     #[test]
     fn model_configs_follow_the_objective_and_the_data() {
         let cap = with(&["objective=cap_pa", "data.seq_len=20"]).unwrap();
-        let ModelConfig::Cap(c) = cap.model_config(300).unwrap() else {
+        let ModelConfig::Cap(c) = cap.model_config(SpecialTokens::built_in(300)).unwrap() else {
             panic!("cap_pa builds a captioner")
         };
         assert_eq!((c.decoder.vocab_size, c.decoder.max_len), (300, 20));
         let clip = with(&["objective=sigmoid", "model.image_size=48"]).unwrap();
-        let ModelConfig::Clip(c) = clip.model_config(300).unwrap() else {
+        let ModelConfig::Clip(c) = clip.model_config(SpecialTokens::built_in(300)).unwrap() else {
             panic!("sigmoid builds CLIP")
         };
         assert_eq!(c.loss, ContrastiveLoss::Sigmoid);
         assert_eq!((c.text.vocab_size, c.text.context_length), (300, 24));
         assert_eq!(c.vision.image_size, 48);
+    }
+
+    #[test]
+    fn the_tokenizer_ids_reach_every_tower() {
+        // A T5-like tokenizer: pad 0, EOS 1; and one with every special far from 0/1/2.
+        for (pad_id, eos_id) in [(0, 1), (297, 5)] {
+            let tokens = SpecialTokens {
+                vocab_size: 300,
+                pad_id,
+                eos_id,
+            };
+            let clip = with(&["objective=clip", "model.text_preset=small"]).unwrap();
+            let ModelConfig::Clip(c) = clip.model_config(tokens).unwrap() else {
+                panic!("clip builds CLIP")
+            };
+            assert_eq!(
+                (c.text.vocab_size, c.text.pad_id, c.text.eos_id),
+                (300, pad_id, eos_id)
+            );
+            assert_eq!(
+                c.text.width,
+                TextConfig::small().width,
+                "the rest is the preset's"
+            );
+            let cap = with(&["objective=cap"]).unwrap();
+            let ModelConfig::Cap(c) = cap.model_config(tokens).unwrap() else {
+                panic!("cap builds a captioner")
+            };
+            let d = &c.decoder;
+            assert_eq!((d.vocab_size, d.pad_id, d.eos_id), (300, pad_id, eos_id));
+            assert_eq!(d.bos_id, pad_id, "the decoder starts from the pad id");
+        }
+        // The built-in tokenizer's ids give the decoder the 0 it always started from.
+        let cap = with(&["objective=cap"]).unwrap();
+        let ModelConfig::Cap(c) = cap.model_config(SpecialTokens::built_in(300)).unwrap() else {
+            panic!("cap builds a captioner")
+        };
+        assert_eq!(
+            (c.decoder.bos_id, c.decoder.pad_id, c.decoder.eos_id),
+            (0, 0, 2)
+        );
+    }
+
+    #[test]
+    fn ids_outside_the_vocabulary_name_the_tower_field() {
+        let tokens = SpecialTokens {
+            vocab_size: 300,
+            pad_id: 0,
+            eos_id: 300,
+        };
+        let clip = with(&["objective=clip"]).unwrap();
+        let error = clip.model_config(tokens).unwrap_err();
+        assert_eq!(error.field, "model.text.eos_id");
+        assert!(
+            error
+                .message
+                .contains("300 is outside the vocabulary 0..300"),
+            "{error}"
+        );
+        let cap = with(&["objective=cap"]).unwrap();
+        assert_eq!(
+            cap.model_config(tokens).unwrap_err().field,
+            "model.decoder.eos_id"
+        );
+    }
+
+    #[test]
+    fn overriding_one_field_of_a_tower_keeps_the_presets_other_fields() {
+        let config = with(&["model.vision.patch_size=4"]).unwrap();
+        let expected = VitConfig {
+            patch_size: 4,
+            ..VitConfig::tiny()
+        };
+        assert_eq!(config.vision().unwrap(), expected);
+        // The preset may be named after the tower's fields: the merge is order-independent.
+        let config = with(&["model.vision.width=96", "model.preset=small"]).unwrap();
+        let expected = VitConfig {
+            width: 96,
+            ..VitConfig::small()
+        };
+        assert_eq!(config.vision().unwrap(), expected);
+        let clip = with(&[
+            "objective=clip",
+            "model.text.depth=3",
+            "model.text_preset=small",
+        ])
+        .unwrap();
+        let ModelConfig::Clip(c) = clip.model_config(SpecialTokens::built_in(300)).unwrap() else {
+            panic!("clip builds CLIP")
+        };
+        let expected = TextConfig {
+            depth: 3,
+            vocab_size: 300,
+            context_length: 24,
+            ..TextConfig::small()
+        };
+        assert_eq!(c.text, expected);
+        // A mistyped field is named with its whole path.
+        assert_eq!(
+            field_of(&["model.vision.patchsize=4"]),
+            "model.vision.patchsize"
+        );
+        assert_eq!(field_of(&["model.vision.width=62"]), "model.vision.width");
+        // The completed tower is what is saved, and it reads back as itself.
+        let config = with(&["model.vision.patch_size=4"]).unwrap();
+        let value = serde_json::to_value(&config).unwrap();
+        assert_eq!(value["model"]["vision"]["image_size"], 32);
+        assert_eq!(from_value(value).unwrap(), config);
+    }
+
+    #[test]
+    fn a_partial_tower_in_a_config_file_is_completed_from_its_preset() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("run.json");
+        let text = r#"{"objective": "clip", "model": {"preset": "small", "vision": {"depth": 2},
+                       "text": {"num_heads": 6}}}"#;
+        std::fs::write(&path, text).unwrap();
+        let config = resolve(Some(&path), &[]).unwrap();
+        config.validate().unwrap();
+        assert_eq!(
+            config.vision().unwrap(),
+            VitConfig {
+                depth: 2,
+                ..VitConfig::small()
+            }
+        );
+        let text = config.model.text.as_ref().unwrap();
+        assert_eq!((text.num_heads, text.width), (6, TextConfig::small().width));
+        // An unknown preset cannot complete a tower and is named.
+        std::fs::write(
+            &path,
+            r#"{"model": {"preset": "huge", "vision": {"depth": 2}}}"#,
+        )
+        .unwrap();
+        assert_eq!(resolve(Some(&path), &[]).unwrap_err().field, "model.preset");
     }
 
     #[test]

@@ -11,6 +11,12 @@
 //! losses each micro-batch's negatives are its own: accumulating k micro-batches of b is not
 //! the same objective as one batch of k·b.
 //!
+//! Where things are: [`Trainer::step_on`] is one update (`trainer.rs`); the loss of each
+//! objective is in `objective.rs`, the data sources and the tokenizer in `data.rs`, the
+//! in-loop validation in `validation.rs`, the data-parallel exchange in [`parallel`], every
+//! random stream in `random.rs`, checkpoint files, resume and verification in [`checkpoint`],
+//! the metrics log and progress in [`metrics`].
+//!
 //! ```no_run
 //! use cappa_trainer::{config, Trainer, TrainerOptions};
 //!
@@ -24,17 +30,25 @@
 
 pub mod checkpoint;
 pub mod config;
+mod data;
+mod error;
 pub mod metrics;
+mod objective;
 pub mod optim;
 pub mod parallel;
+mod random;
 pub mod schedule;
+pub mod tokens;
 mod trainer;
+mod validation;
 
-pub use config::{Budget, ConfigError, ExperimentConfig, Objective};
-pub use metrics::ProgressMode;
-pub use optim::{AdamW, AdamWConfig, WeightDecay};
-pub use schedule::{lr_factor, ScheduleConfig, ScheduleKind};
-pub use trainer::{
-    nearest_mean_accuracy, peak_flops_for, EvalHook, Resume, RunSummary, StepOutcome, TrainError,
-    Trainer, TrainerOptions, EXPERIMENT_FILE, METRICS_FILE, SUMMARY_FILE, TOKENIZER_FILE,
+pub use checkpoint::{
+    verify_checkpoints, CheckpointReport, VerifyTargetError, EXPERIMENT_FILE, TOKENIZER_FILE,
 };
+pub use config::{Budget, ConfigError, ExperimentConfig, Objective};
+pub use error::{ResumeError, TrainError};
+pub use metrics::{peak_flops_for, ProgressMode, METRICS_FILE};
+pub use optim::{AdamW, AdamWConfig, OptimizerStateError, WeightDecay};
+pub use schedule::{lr_factor, ScheduleConfig, ScheduleKind};
+pub use trainer::{Resume, RunSummary, StepOutcome, Trainer, TrainerOptions, SUMMARY_FILE};
+pub use validation::{nearest_mean_accuracy, EvalHook, EvalHookError};

@@ -1,14 +1,21 @@
-//! Metrics (one JSON object per line in `RUN/metrics.jsonl`) and progress display.
+//! Metrics (one JSON object per line in `RUN/metrics.jsonl`): the step statistics between two
+//! log lines, the records of training and evaluation steps, the MFU's peak FLOP/s, and the
+//! progress display.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use cappa_models::checkpoint::write_atomically;
-use cappa_models::CheckpointError;
+use cappa_io::{io_error, FileError};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value;
+use serde_json::{json, Value};
+use tch::Device;
+
+use crate::checkpoint::TrainState;
+use crate::trainer::StepOutcome;
+
+pub const METRICS_FILE: &str = "metrics.jsonl";
 
 /// `metrics.jsonl`, appended line by line and flushed after each line.
 #[derive(Debug)]
@@ -21,11 +28,7 @@ impl MetricsLog {
     /// Opens the log. With `resume_step`, lines of steps after it (written by the run after its
     /// last checkpoint) are dropped first, so a resumed run's log reads as if it had never
     /// stopped; without it the log starts empty.
-    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self, CheckpointError> {
-        let io = |source| CheckpointError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+    pub fn open(path: &Path, resume_step: Option<u64>) -> Result<Self, FileError> {
         let kept = match (resume_step, File::open(path)) {
             (Some(step), Ok(file)) => BufReader::new(file)
                 .lines()
@@ -40,8 +43,11 @@ impl MetricsLog {
                 .collect::<String>(),
             _ => String::new(),
         };
-        write_atomically(path, |temp| fs::write(temp, kept.as_bytes()).map_err(io))?;
-        let file = OpenOptions::new().append(true).open(path).map_err(io)?;
+        cappa_io::write_atomically(path, kept.as_bytes())?;
+        let file = OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_error(path))?;
         Ok(MetricsLog {
             path: path.to_path_buf(),
             file,
@@ -52,17 +58,167 @@ impl MetricsLog {
         &self.path
     }
 
-    pub fn write(&mut self, record: &Value) -> Result<(), CheckpointError> {
+    pub fn write(&mut self, record: &Value) -> Result<(), FileError> {
         let mut line = serde_json::to_string(record).expect("metrics serialise");
         line.push('\n');
         self.file
             .write_all(line.as_bytes())
             .and_then(|()| self.file.flush())
-            .map_err(|source| CheckpointError::Io {
-                path: self.path.clone(),
-                source,
-            })
+            .map_err(io_error(&self.path))
     }
+}
+
+/// Wall time logged by the last metrics line (to continue the clock on resume).
+pub(crate) fn last_elapsed(path: &Path) -> Option<f64> {
+    read_metrics(path)
+        .ok()?
+        .iter()
+        .rev()
+        .find_map(|v| v.get("elapsed_s").and_then(Value::as_f64))
+}
+
+/// Step statistics between two log lines.
+#[derive(Debug, Default)]
+pub(crate) struct Window {
+    steps: u64,
+    examples: u64,
+    loss_sum: f64,
+    finite_steps: u64,
+    seconds: f64,
+    wait_seconds: f64,
+}
+
+impl Window {
+    /// Adds a step of `examples` that took `time`, of which `wait` waiting for data.
+    pub(crate) fn add(
+        &mut self,
+        outcome: &StepOutcome,
+        examples: u64,
+        time: Duration,
+        wait: Duration,
+    ) {
+        self.steps += 1;
+        self.examples += examples;
+        if outcome.loss.is_finite() {
+            self.loss_sum += outcome.loss;
+            self.finite_steps += 1;
+        }
+        self.seconds += time.as_secs_f64();
+        self.wait_seconds += wait.as_secs_f64();
+    }
+
+    /// The mean of the finite losses.
+    pub(crate) fn mean_loss(&self) -> Option<f64> {
+        (self.finite_steps > 0).then(|| self.loss_sum / self.finite_steps as f64)
+    }
+
+    pub(crate) fn mean_step_seconds(&self) -> Option<f64> {
+        (self.steps > 0).then(|| self.seconds / self.steps as f64)
+    }
+
+    pub(crate) fn examples_per_second(&self) -> f64 {
+        self.examples as f64 / self.seconds.max(1e-9)
+    }
+
+    pub(crate) fn data_wait_fraction(&self) -> f64 {
+        self.wait_seconds / self.seconds.max(1e-9)
+    }
+
+    /// The progress line of a log step.
+    pub(crate) fn summary_line(&self, outcome: &StepOutcome) -> String {
+        format!(
+            "loss {:.4}  lr {:.2e}  {:.0} ex/s  data wait {:.0}%",
+            outcome.loss,
+            outcome.lr,
+            self.examples_per_second(),
+            100.0 * self.data_wait_fraction()
+        )
+    }
+}
+
+/// What a log step knows besides the window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct StepContext<'a> {
+    pub state: &'a TrainState,
+    pub outcome: &'a StepOutcome,
+    pub flops_per_example: f64,
+    pub param_norm: f64,
+    /// The MFU's denominator (every rank's device), if known.
+    pub peak_flops: Option<f64>,
+    /// Seconds since the run began, resumed runs included.
+    pub elapsed: f64,
+}
+
+/// The metrics record of a log step.
+pub(crate) fn step_record(step: StepContext<'_>, window: &Window) -> Value {
+    let s = step.state;
+    let outcome = step.outcome;
+    let flops_per_second = window.examples_per_second() * step.flops_per_example;
+    json!({
+        "step": s.step,
+        "examples": s.examples_seen,
+        "train_flops": s.flops_seen,
+        "epoch": s.cursor.source.epoch,
+        "loss": outcome.loss,
+        "loss_mean": window.mean_loss(),
+        "lr": outcome.lr,
+        "grad_norm": outcome.grad_norm,
+        "param_norm": step.param_norm,
+        "examples_per_s": window.examples_per_second(),
+        "step_time_s": window.mean_step_seconds(),
+        "data_wait_fraction": window.data_wait_fraction(),
+        "mfu": step.peak_flops.map(|p| flops_per_second / p),
+        "bad_samples": s.cursor.skipped.total(),
+        "skipped": s.cursor.skipped,
+        "bad_steps": s.bad_steps,
+        "elapsed_s": step.elapsed,
+    })
+}
+
+/// The metrics record and the progress line of an evaluation at `step`.
+pub(crate) fn eval_record(step: u64, results: &[(String, f64)]) -> (Value, String) {
+    let mut record = json!({"step": step, "event": "eval"});
+    let mut line = format!("eval at step {step}:");
+    for (key, value) in results {
+        record[key] = json!(value);
+        line.push_str(&format!(" {key} {value:.4}"));
+    }
+    (record, line)
+}
+
+/// Peak dense bf16 FLOP/s of known accelerators, by name.
+pub fn peak_flops_for(device_name: &str) -> Option<f64> {
+    let name = device_name.to_ascii_uppercase();
+    let table: [(&str, f64); 7] = [
+        ("H200", 989e12),
+        ("H100", 989e12),
+        ("A100", 312e12),
+        ("L40S", 362e12),
+        ("L4", 121e12),
+        ("A10", 125e12),
+        ("V100", 125e12),
+    ];
+    table
+        .iter()
+        .find(|(key, _)| name.contains(key))
+        .map(|&(_, peak)| peak)
+}
+
+/// The MFU's denominator: `peak_flops` from the config, else the table's value for a CUDA
+/// device of that name; times the number of ranks.
+pub(crate) fn total_peak_flops(
+    configured: Option<f64>,
+    device: Device,
+    device_name: Option<&str>,
+    world_size: usize,
+) -> Option<f64> {
+    configured
+        .or_else(|| {
+            matches!(device, Device::Cuda(_))
+                .then(|| device_name.and_then(peak_flops_for))
+                .flatten()
+        })
+        .map(|peak| peak * world_size as f64)
 }
 
 /// Reads every record of a metrics log.
@@ -182,6 +338,43 @@ mod tests {
             .collect();
         assert_eq!(steps, [1, 2, 3, 4]);
         assert_eq!(read_metrics(&path).unwrap()[3]["loss"], 9.0);
+    }
+
+    #[test]
+    fn peaks_by_device_name() {
+        assert_eq!(peak_flops_for("NVIDIA H200"), Some(989e12));
+        assert_eq!(peak_flops_for("NVIDIA A100-SXM4-80GB"), Some(312e12));
+        assert_eq!(peak_flops_for("Some CPU"), None);
+        // The table applies to CUDA devices only; a configured peak to any, times the ranks.
+        assert_eq!(total_peak_flops(None, Device::Cpu, Some("H100"), 1), None);
+        assert_eq!(
+            total_peak_flops(None, Device::Cuda(0), Some("H100"), 2),
+            Some(2.0 * 989e12)
+        );
+        assert_eq!(
+            total_peak_flops(Some(1e12), Device::Cpu, None, 4),
+            Some(4e12)
+        );
+    }
+
+    #[test]
+    fn windows_average_finite_losses_only() {
+        let mut window = Window::default();
+        let outcome = |loss| StepOutcome {
+            loss,
+            grad_norm: 1.0,
+            lr: 1e-3,
+            applied: loss.is_finite(),
+        };
+        let second = Duration::from_secs(1);
+        window.add(&outcome(2.0), 8, second, Duration::from_millis(250));
+        window.add(&outcome(f64::NAN), 8, second, Duration::ZERO);
+        window.add(&outcome(4.0), 8, second * 2, Duration::from_millis(750));
+        assert_eq!(window.mean_loss(), Some(3.0));
+        assert_eq!(window.mean_step_seconds(), Some(4.0 / 3.0));
+        assert_eq!(window.examples_per_second(), 6.0);
+        assert_eq!(window.data_wait_fraction(), 0.25);
+        assert_eq!(Window::default().mean_loss(), None);
     }
 
     #[test]

@@ -84,6 +84,16 @@ pub struct Slot {
     pub decays: bool,
 }
 
+/// A saved optimizer state that does not fit the optimizer (taken over other variables).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("optimizer state `{what}` has shape {shape:?}, the model has {params} parameters")]
+pub struct OptimizerStateError {
+    /// `exp_avg` or `exp_avg_sq`.
+    pub what: &'static str,
+    pub shape: Vec<i64>,
+    pub params: i64,
+}
+
 /// What a step did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepReport {
@@ -313,14 +323,14 @@ impl AdamW {
         exp_avg: &Tensor,
         exp_avg_sq: &Tensor,
         step: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), OptimizerStateError> {
         for (what, t) in [("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)] {
             if t.size() != self.params.size() {
-                return Err(format!(
-                    "optimizer state `{what}` has shape {:?}, the model has {} parameters",
-                    t.size(),
-                    self.params.numel()
-                ));
+                return Err(OptimizerStateError {
+                    what,
+                    shape: t.size(),
+                    params: self.params.numel() as i64,
+                });
             }
         }
         tch::no_grad(|| {

@@ -24,8 +24,33 @@ use tch::{Device, Kind, Tensor};
 
 use cappa_torch_ext::dist::{Backend, DistError, ProcessGroup, ReduceOp};
 
+use crate::optim::AdamW;
+
 /// Gradient bucket size for the all-reduce (torch DDP's default bucket size).
 pub const GRAD_BUCKET_BYTES: i64 = 25 << 20;
+
+/// Copies rank 0's parameters to every rank (identical seeds give identical weights already;
+/// broadcasting makes it a guarantee).
+pub(crate) fn broadcast_parameters(pg: &ProcessGroup, optimizer: &AdamW) -> Result<(), DistError> {
+    let mut params = optimizer.params().shallow_clone();
+    tch::no_grad(|| pg.broadcast(&mut params, 0))
+}
+
+/// The flat gradient summed over the ranks, in buckets of [`GRAD_BUCKET_BYTES`].
+pub(crate) fn summed_gradient(pg: &ProcessGroup, optimizer: &AdamW) -> Result<Tensor, DistError> {
+    let mut grad = optimizer.flat_grad();
+    let bucket = bucket_elements(grad.kind());
+    tch::no_grad(|| pg.all_reduce_buckets(&mut grad, ReduceOp::Sum, bucket))?;
+    Ok(grad)
+}
+
+/// `parameter` with its gradient divided by `world_size`: every rank computes the same global
+/// contrastive loss from the temperature (and bias), so each rank gets 1/world of their
+/// gradient and the sum over ranks is theirs once. The value is unchanged.
+pub(crate) fn gradient_share(parameter: &Tensor, world_size: usize) -> Tensor {
+    let world = world_size as f64;
+    parameter.detach() + (parameter - parameter.detach()) / world
+}
 
 /// Every rank's `value`, in rank order (JSON through two all-gathers: lengths, then bytes).
 pub(crate) fn gather_json<T: Serialize + DeserializeOwned>(
@@ -82,7 +107,7 @@ pub(crate) fn mean_and_any(
 }
 
 /// Elements of `kind` in one gradient bucket.
-pub(crate) fn bucket_elements(kind: Kind) -> i64 {
+fn bucket_elements(kind: Kind) -> i64 {
     GRAD_BUCKET_BYTES / kind.elt_size_in_bytes() as i64
 }
 

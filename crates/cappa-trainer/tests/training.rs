@@ -1,12 +1,15 @@
-//! Training on the scene world with the tiny presets: interrupted runs resume bit-identically, accumulation is exact for Cap,
-//! non-finite steps stop cleanly, bad configs write nothing.
+//! Training on the scene world with the tiny presets: interrupted runs resume bit-identically
+//! (also past a damaged newest checkpoint), accumulation is exact for Cap, non-finite steps
+//! stop cleanly, bad configs write nothing.
 
+use std::fs;
 use std::path::Path;
 
+use cappa_trainer::checkpoint::{Checkpoints, LATEST_FILE};
 use cappa_trainer::metrics::read_metrics;
 use cappa_trainer::{
-    config, ExperimentConfig, ProgressMode, Resume, TrainError, Trainer, TrainerOptions,
-    METRICS_FILE,
+    config, verify_checkpoints, ExperimentConfig, ProgressMode, Resume, ResumeError, TrainError,
+    Trainer, TrainerOptions, METRICS_FILE,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -45,10 +48,8 @@ fn logged(run: &Path, key: &str) -> Vec<f64> {
 }
 
 fn final_weights(run: &Path) -> Vec<u8> {
-    let (_, dir) = cappa_trainer::checkpoint::Checkpoints::new(run, 1)
-        .latest()
-        .unwrap();
-    std::fs::read(dir.join("model.safetensors")).unwrap()
+    let (_, dir) = Checkpoints::new(run, 1).latest().unwrap();
+    fs::read(dir.join("model.safetensors")).unwrap()
 }
 
 #[test]
@@ -257,4 +258,133 @@ fn bf16_autocast_trains_close_to_fp32() {
             "{objective}: fp32 {fp32} vs bf16 {bf16}"
         );
     }
+}
+
+/// Copies a run directory (files and directories only).
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir_all(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Damage done to a checkpoint directory.
+type Damage = fn(&Path);
+
+fn truncate_weights(checkpoint: &Path) {
+    let path = checkpoint.join("model.safetensors");
+    let bytes = fs::read(&path).unwrap();
+    fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+fn flip_a_weight_byte(checkpoint: &Path) {
+    // The last byte lies in the tensor data (safetensors puts its header first).
+    let path = checkpoint.join("model.safetensors");
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x10;
+    fs::write(&path, bytes).unwrap();
+}
+
+fn remove_optimizer_state(checkpoint: &Path) {
+    fs::remove_file(checkpoint.join("optimizer.safetensors")).unwrap();
+}
+
+/// The newest of three checkpoints is damaged three ways; each time `--resume auto` continues
+/// from the older intact one, keeps the damaged one, and ends bit-identical to the run that
+/// was never interrupted (which passed through that older checkpoint).
+#[test]
+fn resume_steps_over_a_damaged_checkpoint_and_ends_bit_identically() {
+    let extra = ["checkpoint_every=2", "keep_checkpoints=3"];
+    let whole = tempfile::tempdir().unwrap();
+    let run = |dir: &Path, resume| Trainer::start(tiny("cap", 8, &extra), dir, options(resume));
+    run(whole.path(), Resume::Never).unwrap().run().unwrap();
+    let interrupted = tempfile::tempdir().unwrap();
+    run(interrupted.path(), Resume::Never)
+        .unwrap()
+        .run_until(6)
+        .unwrap();
+
+    let damages: [(Damage, &str); 3] = [
+        (truncate_weights, "model.safetensors has "),
+        (
+            flip_a_weight_byte,
+            "model.safetensors has the size that was written but other bytes",
+        ),
+        (remove_optimizer_state, "optimizer.safetensors is missing"),
+    ];
+    for (damage, problem) in damages {
+        let parts = tempfile::tempdir().unwrap();
+        copy_dir(interrupted.path(), parts.path());
+        let checkpoints = Checkpoints::new(parts.path(), 3);
+        let steps: Vec<u64> = checkpoints.list().iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [2, 4, 6]);
+        let newest = checkpoints.latest().unwrap().1;
+        damage(&newest);
+        let report = verify_checkpoints(&newest).unwrap().remove(0).to_string();
+        assert!(
+            report.starts_with("damaged  ") && report.contains(problem),
+            "{report}"
+        );
+        // `cappa eval` and `export` load through here: they refuse it with the same reason.
+        let refused = cappa_models::checkpoint::load(&newest, Device::Cpu).unwrap_err();
+        assert!(refused.to_string().contains(problem), "{refused}");
+
+        let mut resumed = run(parts.path(), Resume::Auto).unwrap();
+        assert_eq!(resumed.state().step, 4, "{problem}");
+        let aside = checkpoints.dir().join("step-00000006.damaged");
+        assert!(aside.is_dir(), "the damaged checkpoint is kept");
+        let latest = fs::read_to_string(checkpoints.dir().join(LATEST_FILE)).unwrap();
+        assert_eq!(latest.trim(), "step-00000004");
+        assert!(resumed.run().unwrap().finished);
+
+        assert_eq!(logged(whole.path(), "loss"), logged(parts.path(), "loss"));
+        assert_eq!(
+            logged(whole.path(), "grad_norm"),
+            logged(parts.path(), "grad_norm")
+        );
+        assert!(final_weights(whole.path()) == final_weights(parts.path()));
+        // Pruning kept the newest three of the resumed run and never touched the damaged one.
+        let steps: Vec<u64> = checkpoints.list().iter().map(|(s, _)| *s).collect();
+        assert_eq!(steps, [4, 6, 8]);
+        assert!(verify_checkpoints(&aside).unwrap()[0]
+            .to_string()
+            .contains(problem));
+        assert!(verify_checkpoints(parts.path())
+            .unwrap()
+            .iter()
+            .all(|r| r.is_intact()));
+    }
+}
+
+/// Without an intact checkpoint a run is not continued (nor restarted over its checkpoints),
+/// and nothing is changed; a checkpoint without a manifest says why it cannot be trusted.
+#[test]
+fn a_run_without_an_intact_checkpoint_is_not_resumed() {
+    let parts = tempfile::tempdir().unwrap();
+    let config = || tiny("clip", 4, &[]);
+    Trainer::start(config(), parts.path(), options(Resume::Never))
+        .unwrap()
+        .run_until(2)
+        .unwrap();
+    let checkpoint = Checkpoints::new(parts.path(), 2).latest().unwrap().1;
+    fs::remove_file(checkpoint.join("manifest.json")).unwrap();
+    let error = Trainer::start(config(), parts.path(), options(Resume::Auto)).unwrap_err();
+    let TrainError::Resume(ResumeError::NoIntactCheckpoint { failures, .. }) = &error else {
+        panic!("{error}")
+    };
+    assert_eq!(failures.len(), 1);
+    let message = error.to_string();
+    assert!(
+        message.contains("has no manifest.json") && message.contains("older than checkpoint"),
+        "{message}"
+    );
+    assert!(checkpoint.join("model.safetensors").is_file());
+    assert_eq!(Checkpoints::new(parts.path(), 2).list().len(), 1);
 }

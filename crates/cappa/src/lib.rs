@@ -12,6 +12,6 @@
 //! println!("{}", results.table_markdown());
 //! ```
 
-pub mod evaluate;
+pub mod checkpoint_eval;
 pub mod experiment;
 pub mod plots;

@@ -8,11 +8,41 @@ use std::sync::Once;
 
 use anyhow::{anyhow, Context, Result};
 use image::RgbImage;
+use plotters::coord::ranged1d::{Ranged, ValueFormatter};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+/// The family name the bundled font is registered under.
 const FONT: &str = "sans-serif";
+
+/// Point sizes of a figure's title, a panel's caption and tick labels and legends.
+const TITLE_SIZE: u32 = 22;
+const CAPTION_SIZE: u32 = 17;
+const LABEL_SIZE: u32 = 13;
+
+/// Line plots: at most this many panels side by side, each this large (pixels), under a
+/// title band of this height (the figure is [`LINE_TITLE_BAND`] taller than its panels).
+const MAX_PANEL_COLUMNS: usize = 3;
+const PANEL_SIZE: (u32, u32) = (460, 360);
+const LINE_TITLE_BAND: u32 = 60;
+
+/// A line shows a marker on each point when it has at most this many.
+const MAX_MARKED_POINTS: usize = 12;
+
+/// Bar charts: each bar's width in pixels (the chart is at least [`MIN_BAR_CHART_WIDTH`] and
+/// at most [`MAX_BAR_CHART_WIDTH`] wide), the fraction of a group's slot its bars fill and
+/// the gap before them.
+const BAR_PIXELS: u32 = 34;
+const MIN_BAR_CHART_WIDTH: u32 = 700;
+const MAX_BAR_CHART_WIDTH: u32 = 2400;
+const BAR_CHART_HEIGHT: u32 = 520;
+const GROUP_FILL: f64 = 0.8;
+const GROUP_GAP: f64 = 0.1;
+
+/// Characters per line of a bar group's label under the axis.
+const GROUP_LABEL_CHARS: usize = 14;
 
 /// One colour per series, in a fixed order (CLIP, Cap, CapPa, SigLIP, …).
 pub fn series_colour(index: usize) -> RGBColor {
@@ -59,11 +89,11 @@ fn draw_png(
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let temp = path.with_extension("png.tmp");
-    image
-        .save_with_format(&temp, image::ImageFormat::Png)
-        .with_context(|| format!("writing {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("writing {}", path.display()))
+    cappa_io::write_atomically_with(path, |temp| {
+        image
+            .save_with_format(temp, image::ImageFormat::Png)
+            .with_context(|| format!("writing {}", temp.display()))
+    })
 }
 
 /// A named line: (x, y) points.
@@ -117,88 +147,113 @@ pub fn line_panels(
     y_label: &str,
     axes: Axes,
 ) -> Result<()> {
-    let columns = panels.len().clamp(1, 3);
+    let columns = panels.len().clamp(1, MAX_PANEL_COLUMNS);
     let rows = panels.len().div_ceil(columns).max(1);
-    let size = (460 * columns as u32, 60 + 360 * rows as u32);
+    let size = (
+        PANEL_SIZE.0 * columns as u32,
+        LINE_TITLE_BAND + PANEL_SIZE.1 * rows as u32,
+    );
+    let labels = (x_label, y_label);
     draw_png(path, size, |root| {
         let (top, body) = root.split_vertically(50);
         top.draw(&Text::new(
             title.to_string(),
             (size.0 as i32 / 2, 15),
-            TextStyle::from((FONT, 22).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+            TextStyle::from((FONT, TITLE_SIZE).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
         ))
         .map_err(plot_error)?;
         for (area, panel) in body.split_evenly((rows, columns)).iter().zip(panels) {
-            let log_x = matches!(axes, Axes::LogLog | Axes::LogX);
-            let log_y = axes == Axes::LogLog;
-            let points = || panel.lines.iter().flat_map(|l| l.points.iter());
-            let (x0, x1) = bounds(points().map(|p| p.0), log_x);
-            let (y0, y1) = bounds(points().map(|p| p.1), log_y);
-            let mut builder = ChartBuilder::on(area);
-            builder
-                .caption(&panel.title, (FONT, 17))
-                .margin(12)
-                .x_label_area_size(40)
-                .y_label_area_size(58);
-            macro_rules! finish {
-                ($chart:expr) => {{
-                    let mut chart = $chart;
-                    chart
-                        .configure_mesh()
-                        .x_desc(x_label)
-                        .y_desc(y_label)
-                        .label_style((FONT, 13))
-                        .x_labels(6)
-                        .y_labels(6)
-                        .draw()
-                        .map_err(plot_error)?;
-                    for line in &panel.lines {
-                        let colour = series_colour(line.colour);
-                        let points: Vec<(f64, f64)> = line
-                            .points
-                            .iter()
-                            .copied()
-                            .filter(|(x, y)| (!log_x || *x > 0.0) && (!log_y || *y > 0.0))
-                            .collect();
-                        chart
-                            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-                            .map_err(plot_error)?
-                            .label(line.name.clone())
-                            .legend(move |(x, y)| {
-                                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                            });
-                        if points.len() <= 12 {
-                            chart
-                                .draw_series(
-                                    points.iter().map(|p| Circle::new(*p, 3, colour.filled())),
-                                )
-                                .map_err(plot_error)?;
-                        }
-                    }
-                    chart
-                        .configure_series_labels()
-                        .label_font((FONT, 13))
-                        .background_style(WHITE.mix(0.85))
-                        .border_style(BLACK.mix(0.4))
-                        .position(SeriesLabelPosition::UpperRight)
-                        .draw()
-                        .map_err(plot_error)?;
-                }};
-            }
-            match axes {
-                Axes::Linear => finish!(builder
-                    .build_cartesian_2d(x0..x1, y0..y1)
-                    .map_err(plot_error)?),
-                Axes::LogLog => finish!(builder
-                    .build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale())
-                    .map_err(plot_error)?),
-                Axes::LogX => finish!(builder
-                    .build_cartesian_2d((x0..x1).log_scale(), y0..y1)
-                    .map_err(plot_error)?),
-            }
+            draw_panel(area, panel, labels, axes)?;
         }
         Ok(())
     })
+}
+
+/// One panel of [`line_panels`] in `area`, its axes fitted to its points.
+fn draw_panel(
+    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+    panel: &Panel,
+    labels: (&str, &str),
+    axes: Axes,
+) -> Result<()> {
+    let log_x = matches!(axes, Axes::LogLog | Axes::LogX);
+    let log_y = axes == Axes::LogLog;
+    let points = || panel.lines.iter().flat_map(|l| l.points.iter());
+    let (x0, x1) = bounds(points().map(|p| p.0), log_x);
+    let (y0, y1) = bounds(points().map(|p| p.1), log_y);
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&panel.title, (FONT, CAPTION_SIZE))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(58);
+    match axes {
+        Axes::Linear => {
+            let chart = builder.build_cartesian_2d(x0..x1, y0..y1);
+            draw_lines(chart.map_err(plot_error)?, panel, labels, axes)
+        }
+        Axes::LogLog => {
+            let chart = builder.build_cartesian_2d((x0..x1).log_scale(), (y0..y1).log_scale());
+            draw_lines(chart.map_err(plot_error)?, panel, labels, axes)
+        }
+        Axes::LogX => {
+            let chart = builder.build_cartesian_2d((x0..x1).log_scale(), y0..y1);
+            draw_lines(chart.map_err(plot_error)?, panel, labels, axes)
+        }
+    }
+}
+
+/// The mesh, the panel's lines (points a log axis cannot show left out) and the legend.
+fn draw_lines<'a, X, Y>(
+    mut chart: ChartContext<'a, BitMapBackend<'a>, Cartesian2d<X, Y>>,
+    panel: &Panel,
+    (x_label, y_label): (&str, &str),
+    axes: Axes,
+) -> Result<()>
+where
+    X: Ranged<ValueType = f64> + ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    let log_x = matches!(axes, Axes::LogLog | Axes::LogX);
+    let log_y = axes == Axes::LogLog;
+    chart
+        .configure_mesh()
+        .x_desc(x_label)
+        .y_desc(y_label)
+        .label_style((FONT, LABEL_SIZE))
+        .x_labels(6)
+        .y_labels(6)
+        .draw()
+        .map_err(plot_error)?;
+    for line in &panel.lines {
+        let colour = series_colour(line.colour);
+        let points: Vec<(f64, f64)> = line
+            .points
+            .iter()
+            .copied()
+            .filter(|(x, y)| (!log_x || *x > 0.0) && (!log_y || *y > 0.0))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+            .map_err(plot_error)?
+            .label(line.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+            });
+        if points.len() <= MAX_MARKED_POINTS {
+            chart
+                .draw_series(points.iter().map(|p| Circle::new(*p, 3, colour.filled())))
+                .map_err(plot_error)?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .label_font((FONT, LABEL_SIZE))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(plot_error)
 }
 
 /// One group of a bar chart: its label and one `(mean, spread)` per series (`None`: no value).
@@ -218,8 +273,9 @@ pub fn grouped_bars(
     groups: &[BarGroup],
     y_label: &str,
 ) -> Result<()> {
-    let width = (140 + 34 * series.len().max(1) as u32 * groups.len().max(1) as u32).max(700);
-    let size = (width.min(2400), 520);
+    let bars = series.len().max(1) as u32 * groups.len().max(1) as u32;
+    let width = (140 + BAR_PIXELS * bars).max(MIN_BAR_CHART_WIDTH);
+    let size = (width.min(MAX_BAR_CHART_WIDTH), BAR_CHART_HEIGHT);
     let top = groups
         .iter()
         .flat_map(|g| g.values.iter().flatten())
@@ -227,7 +283,7 @@ pub fn grouped_bars(
         .fold(1.0f64, f64::max);
     draw_png(path, size, |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 22))
+            .caption(title, (FONT, TITLE_SIZE))
             .margin(16)
             .x_label_area_size(70)
             .y_label_area_size(58)
@@ -239,43 +295,13 @@ pub fn grouped_bars(
             .x_labels(0)
             .x_label_formatter(&|_| String::new())
             .y_desc(y_label)
-            .label_style((FONT, 13))
+            .label_style((FONT, LABEL_SIZE))
             .draw()
             .map_err(plot_error)?;
-        let n = series.len().max(1) as f64;
-        let bar = 0.8 / n;
+        let bar = GROUP_FILL / series.len().max(1) as f64;
         for (s, name) in series.iter().enumerate() {
             let colour = series_colour(colours.get(s).copied().unwrap_or(s));
-            let bars: Vec<(f64, f64, f64)> = groups
-                .iter()
-                .enumerate()
-                .filter_map(|(g, group)| {
-                    group
-                        .values
-                        .get(s)
-                        .copied()
-                        .flatten()
-                        .map(|(mean, spread)| (g as f64 + 0.1 + bar * s as f64, mean, spread))
-                })
-                .collect();
-            chart
-                .draw_series(bars.iter().map(|&(x, mean, _)| {
-                    Rectangle::new([(x, 0.0), (x + bar * 0.92, mean)], colour.filled())
-                }))
-                .map_err(plot_error)?
-                .label(name.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled())
-                });
-            chart
-                .draw_series(bars.iter().filter(|b| b.2 > 0.0).map(|&(x, mean, spread)| {
-                    let centre = x + bar * 0.46;
-                    PathElement::new(
-                        vec![(centre, (mean - spread).max(0.0)), (centre, mean + spread)],
-                        BLACK.stroke_width(2),
-                    )
-                }))
-                .map_err(plot_error)?;
+            draw_series_bars(&mut chart, groups, s, bar, name, colour)?;
         }
         chart
             .configure_series_labels()
@@ -285,20 +311,66 @@ pub fn grouped_bars(
             .position(SeriesLabelPosition::UpperRight)
             .draw()
             .map_err(plot_error)?;
-        // Group labels under the axis, wrapped on spaces.
-        for (g, group) in groups.iter().enumerate() {
-            let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
-            for (k, line) in wrap(&group.label, 14).iter().enumerate() {
-                root.draw(&Text::new(
-                    line.clone(),
-                    (x, y + 8 + 15 * k as i32),
-                    TextStyle::from((FONT, 13).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
-                ))
-                .map_err(plot_error)?;
-            }
-        }
-        Ok(())
+        draw_group_labels(root, &chart, groups)
     })
+}
+
+/// Series `s`'s bar in every group that has a value for it, `bar` wide, with its error bar.
+fn draw_series_bars(
+    chart: &mut ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    groups: &[BarGroup],
+    s: usize,
+    bar: f64,
+    name: &str,
+    colour: RGBColor,
+) -> Result<()> {
+    let bars: Vec<(f64, f64, f64)> = groups
+        .iter()
+        .enumerate()
+        .filter_map(|(g, group)| {
+            let (mean, spread) = group.values.get(s).copied().flatten()?;
+            Some((g as f64 + GROUP_GAP + bar * s as f64, mean, spread))
+        })
+        .collect();
+    chart
+        .draw_series(bars.iter().map(|&(x, mean, _)| {
+            Rectangle::new([(x, 0.0), (x + bar * 0.92, mean)], colour.filled())
+        }))
+        .map_err(plot_error)?
+        .label(name)
+        .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], colour.filled()));
+    chart
+        .draw_series(bars.iter().filter(|b| b.2 > 0.0).map(|&(x, mean, spread)| {
+            let centre = x + bar * 0.46;
+            PathElement::new(
+                vec![(centre, (mean - spread).max(0.0)), (centre, mean + spread)],
+                BLACK.stroke_width(2),
+            )
+        }))
+        .map_err(plot_error)?;
+    Ok(())
+}
+
+/// Group labels under the axis, wrapped on spaces.
+fn draw_group_labels(
+    root: &DrawingArea<BitMapBackend<'_>, Shift>,
+    chart: &ChartContext<'_, BitMapBackend<'_>, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    groups: &[BarGroup],
+) -> Result<()> {
+    let style =
+        TextStyle::from((FONT, LABEL_SIZE).into_font()).pos(Pos::new(HPos::Center, VPos::Top));
+    for (g, group) in groups.iter().enumerate() {
+        let (x, y) = chart.backend_coord(&(g as f64 + 0.5, 0.0));
+        for (k, line) in wrap(&group.label, GROUP_LABEL_CHARS).iter().enumerate() {
+            root.draw(&Text::new(
+                line.clone(),
+                (x, y + 8 + 15 * k as i32),
+                style.clone(),
+            ))
+            .map_err(plot_error)?;
+        }
+    }
+    Ok(())
 }
 
 /// An image with lines of text under it (e.g. the reference and each model's caption).

@@ -259,3 +259,66 @@ fn ctrl_c_stops_with_a_checkpoint_that_resumes() {
     run(resume);
     assert_eq!(logged(dir.path(), "loss").len(), 400);
 }
+
+#[test]
+fn checkpoint_verify_finds_a_flipped_byte_and_eval_refuses_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    run(train_command(
+        &out,
+        &["objective=clip", "budget.steps=4", "checkpoint_every=2"],
+    ));
+    let verify = |path: &Path| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_cappa"));
+        command
+            .args(["checkpoint", "verify"])
+            .arg(path)
+            .env_remove("LD_LIBRARY_PATH");
+        command.output().unwrap()
+    };
+    let intact = verify(&out);
+    assert!(intact.status.success(), "{intact:?}");
+    let lines = String::from_utf8_lossy(&intact.stdout).into_owned();
+    assert_eq!(
+        lines.lines().filter(|l| l.starts_with("intact")).count(),
+        2,
+        "{lines}"
+    );
+
+    // One byte of the newest checkpoint's weights flipped, its size unchanged.
+    let newest = out.join("checkpoints/step-00000004");
+    let weights = newest.join("model.safetensors");
+    let mut bytes = std::fs::read(&weights).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&weights, &bytes).unwrap();
+    let damaged = verify(&out);
+    assert_eq!(damaged.status.code(), Some(1), "{damaged:?}");
+    let stdout = String::from_utf8_lossy(&damaged.stdout).into_owned();
+    assert_eq!(
+        stdout.lines().filter(|l| l.starts_with("intact")).count(),
+        1,
+        "{stdout}"
+    );
+    let report = stdout
+        .lines()
+        .find(|l| l.starts_with("damaged"))
+        .expect(&stdout);
+    assert!(
+        report.contains("step-00000004") && report.contains("model.safetensors"),
+        "{report}"
+    );
+    // One checkpoint directory verifies on its own too.
+    assert_eq!(verify(&newest).status.code(), Some(1));
+
+    // `cappa eval` refuses it with the same cause instead of evaluating corrupt weights.
+    let eval = Command::new(env!("CARGO_BIN_EXE_cappa"))
+        .args(["eval", "--test", "8", "--pool", "16"])
+        .arg(&newest)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
+    assert!(!eval.status.success());
+    let stderr = String::from_utf8_lossy(&eval.stderr);
+    assert!(stderr.contains("model.safetensors"), "{stderr}");
+}

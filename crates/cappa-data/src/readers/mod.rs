@@ -194,16 +194,9 @@ impl Iterator for FileSamples {
     }
 }
 
-/// Reads and parses a JSON file into `T`, naming the file in every error.
+/// Reads and parses a JSON file into `T`; every error names the file (and the field at fault).
 pub(crate) fn read_json<T: serde::de::DeserializeOwned>(
     path: &std::path::Path,
 ) -> Result<T, DataError> {
-    let file = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    serde_json::from_reader(std::io::BufReader::new(file)).map_err(|e| {
-        if e.is_io() {
-            DataError::format(path, format!("read failed: {e}"))
-        } else {
-            DataError::format(path, e.to_string())
-        }
-    })
+    Ok(cappa_io::read_json(path)?)
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::error::DataError;
+use crate::error::{DataError, PatternError};
 
 /// Most paths one brace expression may expand to; more is almost certainly a typo.
 const MAX_BRACE_EXPANSION: usize = 1_000_000;
@@ -21,9 +21,9 @@ pub fn expand_paths(patterns: &[impl AsRef<str>]) -> Result<Vec<PathBuf>, DataEr
     let mut all = Vec::new();
     for pattern in patterns {
         let pattern = pattern.as_ref();
-        let expanded = expand_braces(pattern).map_err(|detail| DataError::BadPattern {
+        let expanded = expand_braces(pattern).map_err(|problem| DataError::BadPattern {
             pattern: pattern.into(),
-            detail,
+            problem,
         })?;
         let has_braces = expanded.len() > 1 || expanded.first().is_some_and(|p| p != pattern);
         let mut found = Vec::new();
@@ -31,7 +31,7 @@ pub fn expand_paths(patterns: &[impl AsRef<str>]) -> Result<Vec<PathBuf>, DataEr
             if candidate.contains(['*', '?', '[']) {
                 let paths = glob::glob(&candidate).map_err(|e| DataError::BadPattern {
                     pattern: pattern.into(),
-                    detail: e.to_string(),
+                    problem: e.into(),
                 })?;
                 for entry in paths {
                     let path = entry.map_err(|e| {
@@ -64,10 +64,10 @@ pub fn expand_paths(patterns: &[impl AsRef<str>]) -> Result<Vec<PathBuf>, DataEr
 }
 
 /// Expands every brace expression of `pattern`; a pattern without braces expands to itself.
-fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
+fn expand_braces(pattern: &str) -> Result<Vec<String>, PatternError> {
     let Some(open) = pattern.find('{') else {
         if pattern.contains('}') {
-            return Err("`}` without a matching `{`".into());
+            return Err(PatternError::UnmatchedClose);
         }
         return Ok(vec![pattern.to_owned()]);
     };
@@ -86,7 +86,7 @@ fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
             _ => {}
         }
     }
-    let close = close.ok_or("`{` without a matching `}`")?;
+    let close = close.ok_or(PatternError::UnmatchedOpen)?;
     let (prefix, body, suffix) = (
         &pattern[..open],
         &pattern[open + 1..close],
@@ -94,8 +94,11 @@ fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
     );
     let alternatives = brace_alternatives(body)?;
     let suffixes = expand_braces(suffix)?;
+    const TOO_MANY: PatternError = PatternError::TooManyPaths {
+        limit: MAX_BRACE_EXPANSION,
+    };
     if alternatives.len().saturating_mul(suffixes.len()) > MAX_BRACE_EXPANSION {
-        return Err(format!("expands to more than {MAX_BRACE_EXPANSION} paths"));
+        return Err(TOO_MANY);
     }
     let mut out = Vec::new();
     for alternative in alternatives {
@@ -103,7 +106,7 @@ fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
             for suffix in &suffixes {
                 out.push(format!("{prefix}{expanded}{suffix}"));
                 if out.len() > MAX_BRACE_EXPANSION {
-                    return Err(format!("expands to more than {MAX_BRACE_EXPANSION} paths"));
+                    return Err(TOO_MANY);
                 }
             }
         }
@@ -113,21 +116,25 @@ fn expand_braces(pattern: &str) -> Result<Vec<String>, String> {
 
 /// The alternatives of one brace body: a numeric range `a..b` or a comma list (nested braces
 /// are kept for the caller to expand).
-fn brace_alternatives(body: &str) -> Result<Vec<String>, String> {
+fn brace_alternatives(body: &str) -> Result<Vec<String>, PatternError> {
     if let Some((start, end)) = body.split_once("..").filter(|_| !body.contains(',')) {
         let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
         if !is_number(start) || !is_number(end) {
-            return Err(format!(
-                "`{{{body}}}`: a range needs two non-negative integers"
-            ));
+            return Err(PatternError::BadRange { body: body.into() });
         }
-        let parse = |s: &str| s.parse::<u64>().map_err(|e| format!("`{s}`: {e}"));
+        let parse = |s: &str| {
+            s.parse::<u64>().map_err(|source| PatternError::BadBound {
+                bound: s.into(),
+                source,
+            })
+        };
         let (a, b) = (parse(start)?, parse(end)?);
         let (low, high) = (a.min(b), a.max(b));
         if high - low >= MAX_BRACE_EXPANSION as u64 {
-            return Err(format!(
-                "`{{{body}}}` expands to more than {MAX_BRACE_EXPANSION} paths"
-            ));
+            return Err(PatternError::RangeTooLong {
+                body: body.into(),
+                limit: MAX_BRACE_EXPANSION,
+            });
         }
         let width = if start.len() > 1 && start.starts_with('0') {
             start.len()
@@ -187,9 +194,30 @@ mod tests {
         );
         assert_eq!(expand_braces("{x,{y,z}}").unwrap(), ["x", "y", "z"]);
         assert_eq!(expand_braces("plain").unwrap(), ["plain"]);
-        assert!(expand_braces("{1..a}").is_err());
-        assert!(expand_braces("{1..2").is_err());
-        assert!(expand_braces("{0..99999999}").is_err());
+        assert_eq!(
+            expand_braces("{1..a}"),
+            Err(PatternError::BadRange {
+                body: "1..a".into()
+            })
+        );
+        assert_eq!(expand_braces("{1..2"), Err(PatternError::UnmatchedOpen));
+        assert_eq!(expand_braces("a}"), Err(PatternError::UnmatchedClose));
+        let too_long = expand_braces("{0..99999999}").unwrap_err();
+        assert_eq!(
+            too_long.to_string(),
+            format!("`{{0..99999999}}` expands to more than {MAX_BRACE_EXPANSION} paths")
+        );
+        assert_eq!(
+            expand_braces("{0..999}{0..999}{0..9}"),
+            Err(PatternError::TooManyPaths {
+                limit: MAX_BRACE_EXPANSION
+            })
+        );
+        let huge = expand_braces("{0..99999999999999999999}").unwrap_err();
+        assert!(
+            matches!(&huge, PatternError::BadBound { bound, .. } if bound == "99999999999999999999"),
+            "{huge}"
+        );
     }
 
     #[test]
@@ -243,5 +271,21 @@ mod tests {
         assert!(err.to_string().contains("00001.tar"), "{err}");
         let err = expand_paths(&[format!("{d}/{{0..x}}.tar")]).unwrap_err();
         assert!(matches!(err, DataError::BadPattern { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("`{0..x}`: a range needs two non-negative integers"),
+            "{err}"
+        );
+        let err = expand_paths(&[format!("{d}/[.tar")]).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                DataError::BadPattern {
+                    problem: PatternError::Glob { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 }

@@ -25,25 +25,86 @@ pub(super) struct Member {
 }
 
 /// Why an archive could not be read further.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
+#[error("{problem}")]
 pub(super) struct TarError {
     /// The member whose data was being read, when its header was intact.
     pub(super) path: Option<String>,
-    pub(super) detail: String,
+    pub(super) problem: TarProblem,
 }
 
-impl From<String> for TarError {
-    fn from(detail: String) -> Self {
-        TarError { path: None, detail }
+/// What is wrong with an archive.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum TarProblem {
+    #[error("archive ends without an end-of-archive block")]
+    NoEndBlock,
+    #[error("archive ends inside a header ({got} of {BLOCK} bytes)")]
+    TruncatedHeader { got: usize },
+    #[error("archive ends inside a member ({got} of {size} bytes)")]
+    TruncatedData { got: u64, size: u64 },
+    #[error("archive ends inside member padding")]
+    TruncatedPadding,
+    #[error("header has an invalid size")]
+    InvalidSize,
+    #[error("header has an invalid checksum field")]
+    InvalidChecksumField,
+    #[error("header checksum mismatch (stored {stored}, computed {computed})")]
+    ChecksumMismatch { stored: u64, computed: u64 },
+    #[error("extended header of {size} bytes is too large")]
+    ExtendedHeaderTooLarge { size: u64 },
+    /// The source failed while a header or padding was read.
+    #[error("read failed: {source}")]
+    Read { source: io::Error },
+    /// The source failed while a member's data was read.
+    #[error("read failed inside a member: {source}")]
+    ReadInsideMember { source: io::Error },
+}
+
+impl From<TarProblem> for TarError {
+    fn from(problem: TarProblem) -> Self {
+        TarError {
+            path: None,
+            problem,
+        }
     }
 }
 
-impl From<&str> for TarError {
-    fn from(detail: &str) -> Self {
-        TarError {
-            path: None,
-            detail: detail.to_owned(),
+impl Member {
+    /// A link, directory, device or other member that carries no data here.
+    fn without_data(path: String) -> Self {
+        Member {
+            path,
+            regular: false,
+            data: Vec::new(),
         }
+    }
+}
+
+/// The names that extended headers give the member after them.
+#[derive(Default)]
+struct ExtendedNames {
+    /// From a GNU long-name header (`L`).
+    long_name: Option<String>,
+    /// From a pax header's `path` record (`x`).
+    pax_path: Option<String>,
+}
+
+impl ExtendedNames {
+    /// Takes in the data of an `L` or `x` header.
+    fn add(&mut self, kind: u8, data: &[u8]) {
+        if kind == b'L' {
+            let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
+            self.long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
+        } else if let Some(path) = pax_record(data, "path") {
+            self.pax_path = Some(path);
+        }
+    }
+
+    /// The member's path: the pax path, else the long name, else the header's own.
+    fn into_path(self, header: &[u8; BLOCK]) -> String {
+        self.pax_path
+            .or(self.long_name)
+            .unwrap_or_else(|| header_path(header))
     }
 }
 
@@ -83,135 +144,110 @@ impl<R: Read> TarStream<R> {
     }
 
     fn read_member(&mut self) -> Result<Option<Member>, TarError> {
-        let mut long_name: Option<String> = None;
-        let mut pax_path: Option<String> = None;
+        let mut names = ExtendedNames::default();
         loop {
-            let mut header = [0u8; BLOCK];
-            let got = read_full(&mut self.source, &mut header)?;
-            if got == 0 {
-                return Err("archive ends without an end-of-archive block".into());
-            }
-            if got < BLOCK {
-                return Err(TarError::from(format!(
-                    "archive ends inside a header ({got} of {BLOCK} bytes)"
-                )));
-            }
-            if header.iter().all(|&b| b == 0) {
+            let Some(header) = self.read_header()? else {
                 return Ok(None);
-            }
-            check_checksum(&header)?;
-            let size = parse_number(&header[124..136]).ok_or("header has an invalid size")?;
+            };
+            let size = parse_number(&header[124..136]).ok_or(TarProblem::InvalidSize)?;
             let kind = header[156];
             match kind {
                 b'L' | b'x' => {
                     if size > MAX_META {
-                        return Err(TarError::from(format!(
-                            "extended header of {size} bytes is too large"
-                        )));
+                        return Err(TarProblem::ExtendedHeaderTooLarge { size }.into());
                     }
-                    let data = self.read_data(size)?;
-                    if kind == b'L' {
-                        let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                        long_name = Some(String::from_utf8_lossy(&data[..end]).into_owned());
-                    } else if let Some(path) = pax_record(&data, "path") {
-                        pax_path = Some(path);
-                    }
+                    names.add(kind, &self.read_data(size)?);
                 }
                 b'0' | 0 | b'7' => {
-                    let path = pax_path
-                        .or(long_name)
-                        .unwrap_or_else(|| header_path(&header));
-                    let data = match self.read_data(size) {
-                        Ok(data) => data,
-                        Err(detail) => {
-                            return Err(TarError {
-                                path: Some(path),
-                                detail,
-                            })
-                        }
+                    let path = names.into_path(&header);
+                    return match self.read_data(size) {
+                        Ok(data) => Ok(Some(Member {
+                            path,
+                            regular: true,
+                            data,
+                        })),
+                        Err(problem) => Err(TarError {
+                            path: Some(path),
+                            problem,
+                        }),
                     };
-                    return Ok(Some(Member {
-                        path,
-                        regular: true,
-                        data,
-                    }));
                 }
                 // Links, devices, directories and FIFOs carry no data (as in Python's tarfile).
-                b'1'..=b'6' => {
-                    let path = pax_path
-                        .or(long_name)
-                        .unwrap_or_else(|| header_path(&header));
-                    return Ok(Some(Member {
-                        path,
-                        regular: false,
-                        data: Vec::new(),
-                    }));
-                }
+                b'1'..=b'6' => return Ok(Some(Member::without_data(names.into_path(&header)))),
                 // Global pax headers, GNU long link names and unknown types: skip their data.
                 _ => {
                     self.skip_data(size)?;
                     if kind != b'g' && kind != b'K' {
-                        let path = pax_path
-                            .or(long_name)
-                            .unwrap_or_else(|| header_path(&header));
-                        return Ok(Some(Member {
-                            path,
-                            regular: false,
-                            data: Vec::new(),
-                        }));
+                        return Ok(Some(Member::without_data(names.into_path(&header))));
                     }
                 }
             }
         }
     }
 
+    /// The next header block with a valid checksum; `None` at the end-of-archive block.
+    fn read_header(&mut self) -> Result<Option<[u8; BLOCK]>, TarProblem> {
+        let mut header = [0u8; BLOCK];
+        let got = read_full(&mut self.source, &mut header)?;
+        if got == 0 {
+            return Err(TarProblem::NoEndBlock);
+        }
+        if got < BLOCK {
+            return Err(TarProblem::TruncatedHeader { got });
+        }
+        if header.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        check_checksum(&header)?;
+        Ok(Some(header))
+    }
+
     /// Reads `size` bytes of member data and the padding up to the next block.
-    fn read_data(&mut self, size: u64) -> Result<Vec<u8>, String> {
+    fn read_data(&mut self, size: u64) -> Result<Vec<u8>, TarProblem> {
         let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
         let got = (&mut self.source)
             .take(size)
             .read_to_end(&mut data)
-            .map_err(|e| format!("read failed inside a member: {e}"))?;
+            .map_err(|source| TarProblem::ReadInsideMember { source })?;
         if (got as u64) < size {
-            return Err(format!(
-                "archive ends inside a member ({got} of {size} bytes)"
-            ));
+            return Err(TarProblem::TruncatedData {
+                got: got as u64,
+                size,
+            });
         }
         self.skip_padding(size)?;
         Ok(data)
     }
 
-    fn skip_data(&mut self, size: u64) -> Result<(), String> {
+    fn skip_data(&mut self, size: u64) -> Result<(), TarProblem> {
         let got = io::copy(&mut (&mut self.source).take(size), &mut io::sink())
-            .map_err(|e| format!("read failed inside a member: {e}"))?;
+            .map_err(|source| TarProblem::ReadInsideMember { source })?;
         if got < size {
-            return Err(format!(
-                "archive ends inside a member ({got} of {size} bytes)"
-            ));
+            return Err(TarProblem::TruncatedData { got, size });
         }
         self.skip_padding(size)
     }
 
-    fn skip_padding(&mut self, size: u64) -> Result<(), String> {
+    fn skip_padding(&mut self, size: u64) -> Result<(), TarProblem> {
         let padding = (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64;
         let mut buf = [0u8; BLOCK];
         let got = read_full(&mut self.source, &mut buf[..padding as usize])?;
         if (got as u64) < padding {
-            return Err("archive ends inside member padding".into());
+            return Err(TarProblem::TruncatedPadding);
         }
         Ok(())
     }
 }
 
 /// Reads until `buf` is full or the source ends; returns how much was read.
-fn read_full(source: &mut impl Read, buf: &mut [u8]) -> Result<usize, String> {
+fn read_full(source: &mut impl Read, buf: &mut [u8]) -> Result<usize, TarProblem> {
     let mut filled = 0;
     while filled < buf.len() {
         match source.read(&mut buf[filled..]) {
             Ok(0) => break,
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(format!("read failed: {e}")),
+            Err(source) => return Err(TarProblem::Read { source }),
         }
     }
     Ok(filled)
@@ -237,8 +273,8 @@ fn c_str(field: &[u8]) -> &[u8] {
 }
 
 /// Accepts the header when its stored checksum equals the unsigned or the signed byte sum.
-fn check_checksum(header: &[u8; BLOCK]) -> Result<(), String> {
-    let stored = parse_number(&header[148..156]).ok_or("header has an invalid checksum field")?;
+fn check_checksum(header: &[u8; BLOCK]) -> Result<(), TarProblem> {
+    let stored = parse_number(&header[148..156]).ok_or(TarProblem::InvalidChecksumField)?;
     let mut unsigned: u64 = 0;
     let mut signed: i64 = 0;
     for (i, &b) in header.iter().enumerate() {
@@ -249,9 +285,10 @@ fn check_checksum(header: &[u8; BLOCK]) -> Result<(), String> {
     if stored == unsigned || i64::try_from(stored).is_ok_and(|s| s == signed) {
         Ok(())
     } else {
-        Err(format!(
-            "header checksum mismatch (stored {stored}, computed {unsigned})"
-        ))
+        Err(TarProblem::ChecksumMismatch {
+            stored,
+            computed: unsigned,
+        })
     }
 }
 
@@ -322,6 +359,14 @@ mod tests {
             .collect()
     }
 
+    /// The members, with errors as their messages (an I/O error cannot be compared).
+    fn parsed(bytes: &[u8]) -> Vec<Result<Parsed, String>> {
+        members(bytes)
+            .into_iter()
+            .map(|r| r.map_err(|e| e.to_string()))
+            .collect()
+    }
+
     #[test]
     fn readers_tar_stream_reads_what_the_tar_crate_writes() {
         let long = format!("{}/x.txt", "d".repeat(150));
@@ -341,7 +386,7 @@ mod tests {
         header.set_size(0);
         builder.append_data(&mut header, "dir/", &[][..]).unwrap();
         let bytes = builder.into_inner().unwrap();
-        let got = members(&bytes);
+        let got = parsed(&bytes);
         assert_eq!(got.len(), 3, "{got:?}");
         assert_eq!(got[0], Ok(("a.txt".into(), true, b"abc".to_vec())));
         assert_eq!(got[1], Ok((long, true, vec![7u8; 600])));
@@ -357,13 +402,46 @@ mod tests {
             .append_data(&mut header, "a.bin", &[1u8; 700][..])
             .unwrap();
         let bytes = builder.into_inner().unwrap();
-        for cut in [0, 100, 512, 800, 1024, 1536] {
-            let got = members(&bytes[..cut]);
-            assert!(got.last().unwrap().is_err(), "cut {cut}: {got:?}");
-        }
+        // A member is a header block and two data blocks (700 bytes, padded to 1024).
+        let last_error = |cut: usize| {
+            let mut got = members(&bytes[..cut]);
+            got.pop()
+                .unwrap()
+                .expect_err("a truncated archive ends with an error")
+        };
+        let check = |cut: usize, path: Option<&str>, message: &str| {
+            let error = last_error(cut);
+            assert_eq!(error.path.as_deref(), path, "cut {cut}");
+            assert_eq!(error.to_string(), message, "cut {cut}");
+        };
+        check(0, None, "archive ends without an end-of-archive block");
+        check(100, None, "archive ends inside a header (100 of 512 bytes)");
+        check(
+            512,
+            Some("a.bin"),
+            "archive ends inside a member (0 of 700 bytes)",
+        );
+        check(
+            800,
+            Some("a.bin"),
+            "archive ends inside a member (288 of 700 bytes)",
+        );
+        check(1300, Some("a.bin"), "archive ends inside member padding");
+        check(1536, None, "archive ends without an end-of-archive block");
         let mut corrupt = bytes.clone();
         corrupt[10] ^= 0x55;
-        assert!(members(&corrupt)[0].is_err());
+        let error = members(&corrupt).remove(0).unwrap_err();
+        assert!(
+            matches!(error.problem, TarProblem::ChecksumMismatch { .. }),
+            "{error}"
+        );
+        let mut no_checksum = bytes.clone();
+        no_checksum[148..156].copy_from_slice(b"9999999\0");
+        let error = members(&no_checksum).remove(0).unwrap_err();
+        assert!(
+            matches!(error.problem, TarProblem::InvalidChecksumField),
+            "{error}"
+        );
         assert_eq!(parse_number(b"0000644\0"), Some(0o644));
         assert_eq!(
             parse_number(&[0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]),

@@ -198,7 +198,7 @@ impl<R: Read> ShardSamples<R> {
                     let truncated = BadSample {
                         reason: SkipReason::TruncatedArchive,
                         location: self.name.clone(),
-                        detail: error.detail,
+                        detail: error.problem.to_string(),
                     };
                     // The pending sample is complete only when the damaged member is known to
                     // start another sample; otherwise it is dropped uncounted.
@@ -394,39 +394,37 @@ mod tests {
         assert_eq!(read(&bytes).0[0].image, ImageData::Encoded(b"jpg".to_vec()));
     }
 
-    /// Every way a sample or shard can be broken, read end to end with exact counts.
-    #[test]
-    fn readers_broken_shard_corpus_has_exact_skip_counts() {
-        let dir = tempfile::tempdir().unwrap();
-        let png = png_bytes();
-        let good = |k: &str| {
-            [
-                Entry::File(format!("{k}.jpg").leak(), &png),
-                Entry::File(format!("{k}.txt").leak(), b"ok"),
-            ]
-        };
-        // Shard 0: two good samples and one of every per-sample problem.
+    /// A good sample `k`: an image and a caption.
+    fn good_sample<'a>(k: &str, png: &'a [u8]) -> [Entry<'a>; 2] {
+        [
+            Entry::File(format!("{k}.jpg").leak(), png),
+            Entry::File(format!("{k}.txt").leak(), b"ok"),
+        ]
+    }
+
+    /// Two good samples around one of every per-sample problem.
+    fn shard_with_every_sample_problem(png: &[u8]) -> Vec<u8> {
         let mut entries: Vec<Entry<'_>> = Vec::new();
-        entries.extend(good("g0"));
+        entries.extend(good_sample("g0", png));
         entries.extend([Entry::File("zero.jpg", b""), Entry::File("zero.txt", b"c")]);
         entries.extend([
-            Entry::File("nocap.jpg", &png),
+            Entry::File("nocap.jpg", png),
             Entry::File("nocap.json", b"{\"url\": 1}"),
         ]);
         entries.extend([
-            Entry::File("blank.jpg", &png),
+            Entry::File("blank.jpg", png),
             Entry::File("blank.txt", b" \n\t"),
         ]);
         entries.extend([
-            Entry::File("blankjson.jpg", &png),
+            Entry::File("blankjson.jpg", png),
             Entry::File("blankjson.json", b"{\"caption\": \"\"}"),
         ]);
         entries.extend([
-            Entry::File("latin.jpg", &png),
+            Entry::File("latin.jpg", png),
             Entry::File("latin.txt", b"caf\xe9"),
         ]);
         entries.extend([
-            Entry::File("twice.jpg", &png),
+            Entry::File("twice.jpg", png),
             Entry::File("twice.txt", b"a"),
             Entry::File("twice.TXT", b"b"),
         ]);
@@ -434,17 +432,14 @@ mod tests {
             Entry::File("noimg.txt", b"c"),
             Entry::File("noimg.json", b"{}"),
         ]);
-        entries.extend(good("g1"));
-        let shard0 = tar_bytes(&entries);
-        let mut shards = vec![write(dir.path(), "00000.tar", &shard0)];
-        // Truncated copies of a three-sample shard, cut at several offsets.
-        let mut three = Vec::new();
-        for k in ["t0", "t1", "t2"] {
-            three.extend(good(k));
-        }
-        let whole = tar_bytes(&three);
-        // A sample is a png member (header and padded data) and a txt member (two blocks).
-        let sample = 512 + png.len().div_ceil(512) * 512 + 1024;
+        entries.extend(good_sample("g1", png));
+        tar_bytes(&entries)
+    }
+
+    /// Broken copies of `whole`, a shard of three good samples of `sample` bytes each: cut at
+    /// several offsets, and with a corrupt header byte; each with the good samples it still
+    /// yields.
+    fn broken_copies(whole: &[u8], sample: usize) -> Vec<(Vec<u8>, usize)> {
         let cuts = [
             (0, 0),                // empty file
             (300, 0),              // inside the first header
@@ -453,53 +448,72 @@ mod tests {
             (sample + 512 + 5, 1), // inside the second sample's image
             (3 * sample, 2),       // before the end-of-archive blocks
         ];
-        let mut expected_good = 2;
-        for (i, (cut, good_before)) in cuts.iter().enumerate() {
-            shards.push(write(dir.path(), &format!("cut{i}.tar"), &whole[..*cut]));
-            expected_good += good_before;
-        }
-        // A corrupt header byte (checksum mismatch) after one sample, which is dropped as it may
-        // be incomplete.
-        let mut corrupt = whole.clone();
+        let mut copies: Vec<(Vec<u8>, usize)> = cuts
+            .iter()
+            .map(|&(cut, good)| (whole[..cut].to_vec(), good))
+            .collect();
+        // A checksum mismatch after one sample, which is dropped as it may be incomplete.
+        let mut corrupt = whole.to_vec();
         corrupt[sample + 3] ^= 0x20;
-        shards.push(write(dir.path(), "corrupt.tar", &corrupt));
-        // An unreadable (missing) shard and a directory.
+        copies.push((corrupt, 0));
+        copies
+    }
+
+    /// Every way a sample or shard can be broken, read end to end with exact counts.
+    #[test]
+    fn readers_broken_shard_corpus_has_exact_skip_counts() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = png_bytes();
+        let mut shards = vec![write(
+            dir.path(),
+            "00000.tar",
+            &shard_with_every_sample_problem(&png),
+        )];
+        let mut expected_good = 2;
+        let three: Vec<Entry<'_>> = ["t0", "t1", "t2"]
+            .iter()
+            .flat_map(|k| good_sample(k, &png))
+            .collect();
+        let whole = tar_bytes(&three);
+        // A sample is a png member (header and padded data) and a txt member (two blocks).
+        let sample = 512 + png.len().div_ceil(512) * 512 + 1024;
+        for (i, (bytes, good)) in broken_copies(&whole, sample).iter().enumerate() {
+            shards.push(write(dir.path(), &format!("broken{i}.tar"), bytes));
+            expected_good += good;
+        }
+        // An unreadable (missing) shard and a directory, then a whole good shard.
         shards.push(dir.path().join("missing.tar"));
         shards.push(dir.path().to_path_buf());
-        // A whole good shard at the end.
         shards.push(write(dir.path(), "good.tar", &whole));
         expected_good += 3;
 
         let mut reader = WebDataset::new(shards);
         let items: Vec<_> = reader.by_ref().collect();
-        let good: Vec<&Sample> = items.iter().filter_map(|r| r.as_ref().ok()).collect();
-        assert_eq!(
-            good.len(),
-            expected_good,
-            "{:?}",
-            keys(&good.iter().map(|s| (*s).clone()).collect::<Vec<_>>())
-        );
+        let good: Vec<Sample> = items.iter().filter_map(|r| r.clone().ok()).collect();
+        assert_eq!(good.len(), expected_good, "{:?}", keys(&good));
         let stats = reader.stats();
-        let counts = &stats.skips;
-        assert_eq!(counts.get(SkipReason::EmptyImage), 1);
-        assert_eq!(counts.get(SkipReason::MissingCaption), 1);
-        assert_eq!(counts.get(SkipReason::EmptyCaption), 2);
-        assert_eq!(counts.get(SkipReason::NonUtf8Caption), 1);
-        assert_eq!(counts.get(SkipReason::RepeatedExtension), 1);
-        assert_eq!(counts.get(SkipReason::MissingImage), 1);
-        assert_eq!(counts.get(SkipReason::TruncatedArchive), 7, "{counts}");
-        assert_eq!(counts.get(SkipReason::UnreadableFile), 2);
-        assert_eq!(counts.total(), 16);
+        let expected = [
+            (SkipReason::EmptyImage, 1),
+            (SkipReason::MissingCaption, 1),
+            (SkipReason::EmptyCaption, 2),
+            (SkipReason::NonUtf8Caption, 1),
+            (SkipReason::RepeatedExtension, 1),
+            (SkipReason::MissingImage, 1),
+            (SkipReason::TruncatedArchive, 7),
+            (SkipReason::UnreadableFile, 2),
+        ];
+        for (reason, count) in expected {
+            assert_eq!(stats.skips.get(reason), count, "{reason}: {}", stats.skips);
+        }
+        assert_eq!(stats.skips.total(), 16);
         assert_eq!(stats.seen, items.len() as u64);
         assert_eq!(stats.good(), expected_good as u64);
-        let bad_locations: Vec<String> = items
-            .iter()
-            .filter_map(|r| r.as_ref().err())
-            .map(|b| b.location.clone())
-            .collect();
         assert!(
-            bad_locations.iter().any(|l| l.ends_with("00000.tar:twice")),
-            "{bad_locations:?}"
+            items
+                .iter()
+                .filter_map(|r| r.as_ref().err())
+                .any(|b| b.location.ends_with("00000.tar:twice")),
+            "the bad sample's location names shard and key"
         );
         assert!(stats.check_bad_fraction(0.9).is_ok());
         let err = stats.check_bad_fraction(0.1).unwrap_err();

@@ -43,12 +43,11 @@ pub enum SceneError {
         field: &'static str,
         message: String,
     },
-    /// A file or directory could not be written.
-    #[error("cannot write {path}: {source}")]
-    Io {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
+    /// A file or directory could not be written; the error names it.
+    #[error("cannot write {source}")]
+    Write {
+        #[from]
+        source: cappa_io::FileError,
     },
     /// An image could not be encoded.
     #[error("cannot encode image {path}: {source}")]
@@ -235,6 +234,9 @@ impl Size {
         }
     }
 }
+
+/// The side of a grid cell as a fraction of the image side.
+const CELL_SIDE: f32 = 1.0 / 3.0;
 
 /// A cell of the 3×3 placement grid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -625,7 +627,8 @@ impl SceneWorld {
         Self::with_split(config, seed, Split::Eval)
     }
 
-    /// The world of `seed` for `split`.
+    /// The world of `seed` for `split` (training or held-out evaluation scenes); [`Self::new`]
+    /// and [`Self::eval`] are this with a fixed split.
     pub fn with_split(config: SceneConfig, seed: u64, split: Split) -> Result<Self, SceneError> {
         config.validate()?;
         Ok(SceneWorld {
@@ -663,14 +666,25 @@ impl SceneWorld {
 
     /// The scene at `index`.
     pub fn scene(&self, index: u64) -> Scene {
-        let c = &self.config;
         let mut rng = self.rng(index, Purpose::Scene);
-        let n = rng.random_range(c.min_objects..=c.max_objects) as usize;
+        let objects = self.objects(&mut rng);
+        let background = self.background(&mut rng);
+        let marks = self.marks(&mut rng);
+        Scene {
+            objects,
+            marks,
+            background,
+        }
+    }
 
-        // Distinct shapes, so a shape names an object.
+    /// The objects of a scene, in drawing order: distinct shapes (so that a shape names an
+    /// object) in distinct cells (so that positions and relations are unambiguous), exactly
+    /// one of them in the largest size class when there are several.
+    fn objects(&self, rng: &mut ChaCha8Rng) -> Vec<SceneObject> {
+        let c = &self.config;
+        let n = rng.random_range(c.min_objects..=c.max_objects) as usize;
         let mut shapes = Shape::ALL.to_vec();
-        shapes.shuffle(&mut rng);
-        // Exactly one object has the largest size class when there are several objects.
+        shapes.shuffle(rng);
         let largest = rng.random_range(0..n);
         let largest_size = if n == 1 {
             Size::ALL[rng.random_range(0..3)]
@@ -679,17 +693,15 @@ impl SceneWorld {
         } else {
             Size::Medium
         };
-        // Distinct cells, so positions and relations are unambiguous.
         let mut cells: Vec<Cell> = (0..9)
             .map(|k| Cell {
                 row: k / 3,
                 col: k % 3,
             })
             .collect();
-        cells.shuffle(&mut rng);
+        cells.shuffle(rng);
         let mut used: Vec<Cell> = Vec::with_capacity(n);
         let mut objects: Vec<SceneObject> = Vec::with_capacity(n);
-        let cell_side = 1.0 / 3.0;
         for (i, &shape) in shapes.iter().enumerate().take(n) {
             let size = if i == largest {
                 largest_size
@@ -698,63 +710,10 @@ impl SceneWorld {
             };
             let colour = Colour::ALL[rng.random_range(0..Colour::ALL.len())];
             let radius = size.radius() * (1.0 + c.size_jitter * rng.random_range(-1.0f32..=1.0));
-            // Occlusion: take a free cell next to an earlier object and lean towards it.
-            let mut toward: Option<(f32, f32)> = None;
-            let mut cell = None;
-            if i > 0
-                && c.occlusion_probability > 0.0
-                && rng.random_bool(c.occlusion_probability as f64)
-            {
-                let anchor = &objects[rng.random_range(0..objects.len())];
-                let free: Vec<Cell> = cells
-                    .iter()
-                    .copied()
-                    .filter(|k| !used.contains(k))
-                    .filter(|k| {
-                        let dr = (k.row as i32 - anchor.cell.row as i32).abs();
-                        let dc = (k.col as i32 - anchor.cell.col as i32).abs();
-                        dr <= 1 && dc <= 1
-                    })
-                    .collect();
-                if !free.is_empty() {
-                    cell = Some(free[rng.random_range(0..free.len())]);
-                    toward = Some((anchor.x, anchor.y));
-                }
-            }
-            let cell = cell.unwrap_or_else(|| {
-                *cells
-                    .iter()
-                    .find(|k| !used.contains(k))
-                    .expect("at most 8 objects in 9 cells")
-            });
+            let (cell, toward) = self.cell_for(&objects, &cells, &used, rng);
             used.push(cell);
-            let cx = (cell.col as f32 + 0.5) * cell_side;
-            let cy = (cell.row as f32 + 0.5) * cell_side;
-            let half = cell_side * 0.5;
-            let (mut x, mut y) = match toward {
-                Some((ax, ay)) => (
-                    cx + (ax - cx).signum() * (ax - cx).abs().min(half * 0.85),
-                    cy + (ay - cy).signum() * (ay - cy).abs().min(half * 0.85),
-                ),
-                None => (
-                    cx + half * c.position_jitter * rng.random_range(-1.0f32..=1.0),
-                    cy + half * c.position_jitter * rng.random_range(-1.0f32..=1.0),
-                ),
-            };
-            // Keep the centre strictly inside its cell, so the cell is derived from the position.
-            let lo = |k: u8| k as f32 * cell_side + 0.01;
-            let hi = |k: u8| (k as f32 + 1.0) * cell_side - 0.01;
-            // Keep the object inside the image as well (always compatible with the cell bounds,
-            // because the largest radius is below a cell's width).
-            let edge = radius * 0.95;
-            x = x.clamp(lo(cell.col).max(edge), hi(cell.col).min(1.0 - edge));
-            y = y.clamp(lo(cell.row).max(edge), hi(cell.row).min(1.0 - edge));
-            let base = colour.rgb();
-            let mut rgb = [0u8; 3];
-            for ch in 0..3 {
-                let j = c.colour_jitter * 255.0 * rng.random_range(-1.0f32..=1.0);
-                rgb[ch] = (base[ch] as f32 + j).round().clamp(0.0, 255.0) as u8;
-            }
+            let (x, y) = self.position(cell, toward, radius, rng);
+            let rgb = self.jittered(colour, rng);
             let rotation = c.rotation_jitter * rng.random_range(-1.0f32..=1.0);
             objects.push(SceneObject {
                 shape,
@@ -768,20 +727,110 @@ impl SceneWorld {
                 rgb,
             });
         }
+        objects
+    }
 
+    /// The cell of the next object, and the centre it leans towards when it occludes an
+    /// earlier one. With the occlusion probability (never for the first object) it takes a
+    /// free cell next to a random earlier object; otherwise, or when no such cell is free,
+    /// the first free cell of the shuffled `cells`.
+    fn cell_for(
+        &self,
+        objects: &[SceneObject],
+        cells: &[Cell],
+        used: &[Cell],
+        rng: &mut ChaCha8Rng,
+    ) -> (Cell, Option<(f32, f32)>) {
+        let p = self.config.occlusion_probability;
+        if !objects.is_empty() && p > 0.0 && rng.random_bool(p as f64) {
+            let anchor = &objects[rng.random_range(0..objects.len())];
+            let free: Vec<Cell> = cells
+                .iter()
+                .copied()
+                .filter(|k| !used.contains(k))
+                .filter(|k| {
+                    let dr = (k.row as i32 - anchor.cell.row as i32).abs();
+                    let dc = (k.col as i32 - anchor.cell.col as i32).abs();
+                    dr <= 1 && dc <= 1
+                })
+                .collect();
+            if !free.is_empty() {
+                let cell = free[rng.random_range(0..free.len())];
+                return (cell, Some((anchor.x, anchor.y)));
+            }
+        }
+        let cell = *cells
+            .iter()
+            .find(|k| !used.contains(k))
+            .expect("at most 8 objects in 9 cells");
+        (cell, None)
+    }
+
+    /// The centre of an object of `radius` in `cell`: pushed towards `toward` (occlusion) or
+    /// jittered around the cell's centre, then kept strictly inside its cell (so that the cell
+    /// is derived from the position) and inside the image.
+    fn position(
+        &self,
+        cell: Cell,
+        toward: Option<(f32, f32)>,
+        radius: f32,
+        rng: &mut ChaCha8Rng,
+    ) -> (f32, f32) {
+        let jitter = self.config.position_jitter;
+        let cx = (cell.col as f32 + 0.5) * CELL_SIDE;
+        let cy = (cell.row as f32 + 0.5) * CELL_SIDE;
+        let half = CELL_SIDE * 0.5;
+        let (x, y) = match toward {
+            Some((ax, ay)) => (
+                cx + (ax - cx).signum() * (ax - cx).abs().min(half * 0.85),
+                cy + (ay - cy).signum() * (ay - cy).abs().min(half * 0.85),
+            ),
+            None => (
+                cx + half * jitter * rng.random_range(-1.0f32..=1.0),
+                cy + half * jitter * rng.random_range(-1.0f32..=1.0),
+            ),
+        };
+        let lo = |k: u8| k as f32 * CELL_SIDE + 0.01;
+        let hi = |k: u8| (k as f32 + 1.0) * CELL_SIDE - 0.01;
+        // The image bounds are always compatible with the cell bounds, because the largest
+        // radius is below a cell's width.
+        let edge = radius * 0.95;
+        (
+            x.clamp(lo(cell.col).max(edge), hi(cell.col).min(1.0 - edge)),
+            y.clamp(lo(cell.row).max(edge), hi(cell.row).min(1.0 - edge)),
+        )
+    }
+
+    /// `colour`'s sRGB value with the configured per-channel jitter.
+    fn jittered(&self, colour: Colour, rng: &mut ChaCha8Rng) -> [u8; 3] {
+        let base = colour.rgb();
+        let mut rgb = [0u8; 3];
+        for ch in 0..3 {
+            let j = self.config.colour_jitter * 255.0 * rng.random_range(-1.0f32..=1.0);
+            rgb[ch] = (base[ch] as f32 + j).round().clamp(0.0, 255.0) as u8;
+        }
+        rgb
+    }
+
+    /// A tinted mid-grey background with a random gradient and its noise seed.
+    fn background(&self, rng: &mut ChaCha8Rng) -> Background {
         let grey = rng.random_range(95.0f32..=155.0);
         let mut bg = [0u8; 3];
         for ch in &mut bg {
             *ch = (grey + rng.random_range(-12.0f32..=12.0)).round() as u8;
         }
-        let background = Background {
+        Background {
             rgb: bg,
             gradient_angle: rng.random_range(0.0f32..std::f32::consts::TAU),
-            gradient_strength: c.background_gradient * rng.random_range(0.0f32..=1.0),
-            noise: c.background_noise,
+            gradient_strength: self.config.background_gradient * rng.random_range(0.0f32..=1.0),
+            noise: self.config.background_noise,
             noise_seed: rng.random(),
-        };
-        let marks = (0..rng.random_range(0..=c.clutter))
+        }
+    }
+
+    /// Up to `clutter` distractor marks: grey-ish dots or short strokes.
+    fn marks(&self, rng: &mut ChaCha8Rng) -> Vec<Mark> {
+        (0..rng.random_range(0..=self.config.clutter))
             .map(|_| {
                 let shade = rng.random_range(40.0f32..=215.0);
                 let tint = |r: &mut ChaCha8Rng| {
@@ -797,15 +846,10 @@ impl SceneWorld {
                     },
                     angle: rng.random_range(0.0f32..std::f32::consts::PI),
                     width: rng.random_range(0.012f32..=0.025),
-                    rgb: [tint(&mut rng), tint(&mut rng), tint(&mut rng)],
+                    rgb: [tint(rng), tint(rng), tint(rng)],
                 }
             })
-            .collect();
-        Scene {
-            objects,
-            marks,
-            background,
-        }
+            .collect()
     }
 
     /// Draws a scene at the configured resolution.

@@ -94,33 +94,15 @@ pub struct SynthReport {
     pub vqa_questions: usize,
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> SceneError + '_ {
-    move |source| SceneError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-/// The temporary name a file is written under before it is renamed into place.
-fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    path.with_file_name(format!(".{name}.tmp"))
-}
-
-/// Writes `bytes` to `path` via a temporary file and a rename.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), SceneError> {
-    let tmp = temp_path(path);
-    fs::write(&tmp, bytes).map_err(io_error(&tmp))?;
-    fs::rename(&tmp, path).map_err(io_error(path))
-}
-
+/// Writes `value` as pretty JSON atomically. Unlike `cappa_io::write_json` no final newline
+/// is added, so that synth's files stay byte for byte what they have always been.
 fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SceneError> {
     let bytes = serde_json::to_vec_pretty(value).expect("JSON values serialise");
-    write_atomic(path, &bytes)
+    Ok(cappa_io::write_atomically(path, &bytes)?)
 }
 
 fn create_dir(path: &Path) -> Result<(), SceneError> {
-    fs::create_dir_all(path).map_err(io_error(path))
+    Ok(fs::create_dir_all(path).map_err(cappa_io::io_error(path))?)
 }
 
 fn encode(
@@ -172,6 +154,195 @@ fn now_seconds() -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Writes the training shards and the evaluation sets under `out_dir` (created if missing):
+///
+/// - `shards/00000.tar`, … in img2dataset layout (`KEY.jpg|png`, `KEY.txt`, `KEY.json`, keys
+///   zero-padded as img2dataset does) and `shards/00000_stats.json` beside each tar;
+/// - `eval/images/NNNNNN.png`, `eval/karpathy.json` (split "test");
+/// - `eval/classify/<label_set>/<class_name>/NNNNNN.png` plus `classes.json` (zero-shot names
+///   in label order; every class has a directory, even an empty one);
+/// - `eval/compositional/<kind>.json` (SugarCrepe: `{id: {filename, caption,
+///   negative_caption}}`, filenames relative to `eval/images`);
+/// - `eval/vqa/questions.json` and `eval/vqa/annotations.json` (VQA v2, ten identical answers).
+///
+/// Every file is written atomically (a temporary name, then a rename).
+pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, SceneError> {
+    config.validate()?;
+    let train = SceneWorld::with_split(config.world.clone(), config.seed, Split::Train)?;
+    let eval = SceneWorld::with_split(config.world.clone(), config.seed, Split::Eval)?;
+    let shards = write_shards(&train, config, &out_dir.join("shards"))?;
+
+    let eval_dir = out_dir.join("eval");
+    let items = write_eval_images(&eval, config.eval_samples, &eval_dir.join("images"))?;
+    let karpathy = eval_dir.join("karpathy.json");
+    write_json(&karpathy, &karpathy_json(&items))?;
+    let classify = write_classify(&eval, &items, &eval_dir.join("classify"))?;
+    let compositional = write_compositional(&items, &eval_dir.join("compositional"))?;
+    let vqa_questions = write_vqa(&items, &eval_dir.join("vqa"))?;
+    Ok(SynthReport {
+        out_dir: out_dir.to_path_buf(),
+        shards,
+        train_samples: config.train_samples,
+        eval_images: config.eval_samples,
+        karpathy,
+        classify,
+        compositional,
+        vqa_questions,
+    })
+}
+
+/// How the training shards are named: shard numbers zero-padded to at least five digits and
+/// keys made of the shard number and the zero-padded position in the shard, as img2dataset
+/// names them.
+struct ShardLayout<'a> {
+    dir: &'a Path,
+    shard_width: usize,
+    key_width: usize,
+}
+
+impl ShardLayout<'_> {
+    /// The shard's name without extension: `00000`.
+    fn name(&self, shard: u64) -> String {
+        format!("{shard:0width$}", width = self.shard_width)
+    }
+
+    /// The key of the sample at `offset` in `shard`: `000000000`.
+    fn key(&self, shard: u64, offset: u64) -> String {
+        format!(
+            "{}{offset:0width$}",
+            self.name(shard),
+            width = self.key_width
+        )
+    }
+}
+
+/// One training sample's members: the encoded image, the caption (`.txt`) and the
+/// img2dataset metadata (`.json`).
+struct TrainMember {
+    key: String,
+    image: Vec<u8>,
+    caption: String,
+    json: serde_json::Value,
+}
+
+/// Writes `shards/` (created even when there are no training samples).
+fn write_shards(
+    train: &SceneWorld,
+    config: &SynthConfig,
+    dir: &Path,
+) -> Result<Vec<PathBuf>, SceneError> {
+    create_dir(dir)?;
+    let num_shards = config.train_samples.div_ceil(config.shard_size);
+    let layout = ShardLayout {
+        dir,
+        shard_width: digits(num_shards.saturating_sub(1)).max(5),
+        key_width: digits(config.shard_size - 1),
+    };
+    (0..num_shards)
+        .map(|shard| write_shard(train, config, &layout, shard))
+        .collect()
+}
+
+/// Renders one shard's samples in parallel, then writes the tar and its `_stats.json`.
+fn write_shard(
+    train: &SceneWorld,
+    config: &SynthConfig,
+    layout: &ShardLayout<'_>,
+    shard: u64,
+) -> Result<PathBuf, SceneError> {
+    let start_time = now_seconds();
+    let clock = Instant::now();
+    let first = shard * config.shard_size;
+    let last = (first + config.shard_size).min(config.train_samples);
+    let name = layout.name(shard);
+    let tar_path = layout.dir.join(format!("{name}.tar"));
+    let members: Vec<TrainMember> = (first..last)
+        .into_par_iter()
+        .map(|index| {
+            let key = layout.key(shard, index - first);
+            train_member(train, config, index, key, &tar_path)
+        })
+        .collect::<Result<_, SceneError>>()?;
+    write_tar(&tar_path, &members, config.image_format)?;
+    let count = members.len();
+    let stats = serde_json::json!({
+        "count": count,
+        "successes": count,
+        "failed_to_download": 0,
+        "failed_to_resize": 0,
+        "duration": clock.elapsed().as_secs_f64(),
+        "start_time": start_time,
+        "end_time": now_seconds(),
+        "status_dict": {"success": count},
+    });
+    write_json(&layout.dir.join(format!("{name}_stats.json")), &stats)?;
+    Ok(tar_path)
+}
+
+/// Renders and encodes training sample `index`, with its training caption and metadata.
+fn train_member(
+    train: &SceneWorld,
+    config: &SynthConfig,
+    index: u64,
+    key: String,
+    tar_path: &Path,
+) -> Result<TrainMember, SceneError> {
+    let size = config.world.image_size;
+    let scene = train.scene(index);
+    let image = train.render(&scene);
+    let bytes = encode(&image, config.image_format, tar_path)?;
+    let caption = train.training_caption(&scene, index);
+    let json = serde_json::json!({
+        "key": key,
+        "caption": caption,
+        "url": format!("synth://{}/train/{index}", config.seed),
+        "status": "success",
+        "error_message": null,
+        "width": size,
+        "height": size,
+        "original_width": size,
+        "original_height": size,
+        "exif": "{}",
+        "index": index,
+        "scene": scene.to_json(),
+    });
+    Ok(TrainMember {
+        key,
+        image: bytes,
+        caption,
+        json,
+    })
+}
+
+/// Writes the members as `KEY.ext`, `KEY.txt`, `KEY.json` of an uncompressed tar.
+fn write_tar(
+    tar_path: &Path,
+    members: &[TrainMember],
+    format: ImageFormat,
+) -> Result<(), SceneError> {
+    let ext = format.extension();
+    cappa_io::write_atomically_with(tar_path, |temp| {
+        let file = fs::File::create(temp).map_err(cappa_io::io_error(temp))?;
+        let mut builder = tar::Builder::new(BufWriter::new(file));
+        for member in members {
+            let key = &member.key;
+            append(
+                &mut builder,
+                &format!("{key}.{ext}"),
+                &member.image,
+                tar_path,
+            )?;
+            let caption = member.caption.as_bytes();
+            append(&mut builder, &format!("{key}.txt"), caption, tar_path)?;
+            let json = serde_json::to_vec(&member.json).expect("JSON values serialise");
+            append(&mut builder, &format!("{key}.json"), &json, tar_path)?;
+        }
+        let mut writer = builder.into_inner().map_err(cappa_io::io_error(temp))?;
+        writer.flush().map_err(cappa_io::io_error(temp))?;
+        Ok(())
+    })
+}
+
 /// Appends one regular file member to a tar archive.
 fn append<W: Write>(
     builder: &mut tar::Builder<W>,
@@ -184,146 +355,69 @@ fn append<W: Write>(
     header.set_mode(0o644);
     header.set_mtime(0);
     header.set_entry_type(tar::EntryType::Regular);
-    builder
+    Ok(builder
         .append_data(&mut header, name, data)
-        .map_err(io_error(tar_path))
+        .map_err(cappa_io::io_error(tar_path))?)
 }
 
-/// Writes the training shards and the evaluation sets under `out_dir` (created if missing):
-///
-/// - `shards/00000.tar`, … in img2dataset layout (`KEY.jpg|png`, `KEY.txt`, `KEY.json`, keys
-///   zero-padded as img2dataset does) and `shards/00000_stats.json` beside each tar;
-/// - `eval/images/NNNNNN.png`, `eval/karpathy.json` (split "test");
-/// - `eval/classify/<label_set>/<class_name>/NNNNNN.png` plus `classes.json` (zero-shot names
-///   in label order; every class has a directory, even an empty one);
-/// - `eval/compositional/<kind>.json` (SugarCrepe: `{id: {filename, caption,
-///   negative_caption}}`, filenames relative to `eval/images`);
-/// - `eval/vqa/questions.json` and `eval/vqa/annotations.json` (VQA v2, ten identical answers).
-///
-/// Every file is written to a temporary name and renamed into place.
-pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, SceneError> {
-    config.validate()?;
-    let train = SceneWorld::with_split(config.world.clone(), config.seed, Split::Train)?;
-    let eval = SceneWorld::with_split(config.world.clone(), config.seed, Split::Eval)?;
-    let shard_dir = out_dir.join("shards");
-    create_dir(&shard_dir)?;
+/// One held-out image with everything the evaluation sets say about it.
+struct EvalItem {
+    filename: String,
+    png: Vec<u8>,
+    captions: Vec<String>,
+    /// The class index in each of [`LabelSet::ALL`].
+    labels: Vec<usize>,
+    /// The item of each of [`CompositionKind::ALL`], where the scene allows one.
+    compositional: Vec<Option<CompositionalItem>>,
+    vqa: Vec<VqaItem>,
+}
 
-    let num_shards = config.train_samples.div_ceil(config.shard_size);
-    let shard_width = digits(num_shards.saturating_sub(1)).max(5);
-    let key_width = digits(config.shard_size - 1);
-    let ext = config.image_format.extension();
-    let size = config.world.image_size;
-    let mut shards = Vec::with_capacity(num_shards as usize);
-    for shard in 0..num_shards {
-        let start_time = now_seconds();
-        let clock = Instant::now();
-        let first = shard * config.shard_size;
-        let last = (first + config.shard_size).min(config.train_samples);
-        let tar_path = shard_dir.join(format!("{shard:0shard_width$}.tar"));
-        let members: Vec<(String, Vec<u8>, String, serde_json::Value)> = (first..last)
-            .into_par_iter()
-            .map(|index| {
-                let key = format!("{shard:0shard_width$}{:0key_width$}", index - first);
-                let scene = train.scene(index);
-                let image = train.render(&scene);
-                let bytes = encode(&image, config.image_format, &tar_path)?;
-                let caption = train.training_caption(&scene, index);
-                let json = serde_json::json!({
-                    "key": key,
-                    "caption": caption,
-                    "url": format!("synth://{}/train/{index}", config.seed),
-                    "status": "success",
-                    "error_message": null,
-                    "width": size,
-                    "height": size,
-                    "original_width": size,
-                    "original_height": size,
-                    "exif": "{}",
-                    "index": index,
-                    "scene": scene.to_json(),
-                });
-                Ok((key, bytes, caption, json))
-            })
-            .collect::<Result<_, SceneError>>()?;
-        let tmp = temp_path(&tar_path);
-        let file = fs::File::create(&tmp).map_err(io_error(&tmp))?;
-        let mut builder = tar::Builder::new(BufWriter::new(file));
-        for (key, bytes, caption, json) in &members {
-            append(&mut builder, &format!("{key}.{ext}"), bytes, &tar_path)?;
-            append(
-                &mut builder,
-                &format!("{key}.txt"),
-                caption.as_bytes(),
-                &tar_path,
-            )?;
-            let json = serde_json::to_vec(json).expect("JSON values serialise");
-            append(&mut builder, &format!("{key}.json"), &json, &tar_path)?;
-        }
-        let mut writer = builder.into_inner().map_err(io_error(&tmp))?;
-        writer.flush().map_err(io_error(&tmp))?;
-        drop(writer);
-        fs::rename(&tmp, &tar_path).map_err(io_error(&tar_path))?;
-        let count = members.len();
-        let stats = serde_json::json!({
-            "count": count,
-            "successes": count,
-            "failed_to_download": 0,
-            "failed_to_resize": 0,
-            "duration": clock.elapsed().as_secs_f64(),
-            "start_time": start_time,
-            "end_time": now_seconds(),
-            "status_dict": {"success": count},
-        });
-        write_json(
-            &shard_dir.join(format!("{shard:0shard_width$}_stats.json")),
-            &stats,
-        )?;
-        shards.push(tar_path);
-    }
-
-    let eval_dir = out_dir.join("eval");
-    let image_dir = eval_dir.join("images");
-    create_dir(&image_dir)?;
-    struct EvalItem {
-        filename: String,
-        png: Vec<u8>,
-        captions: Vec<String>,
-        labels: Vec<usize>,
-        compositional: Vec<Option<CompositionalItem>>,
-        vqa: Vec<VqaItem>,
-    }
-    let items: Vec<EvalItem> = (0..config.eval_samples)
+/// Renders the evaluation images in parallel and writes them to `eval/images/`.
+fn write_eval_images(
+    eval: &SceneWorld,
+    count: u64,
+    image_dir: &Path,
+) -> Result<Vec<EvalItem>, SceneError> {
+    create_dir(image_dir)?;
+    let items: Vec<EvalItem> = (0..count)
         .into_par_iter()
-        .map(|index| {
-            let filename = format!("{index:06}.png");
-            let scene = eval.scene(index);
-            let png = encode(
-                &eval.render(&scene),
-                ImageFormat::Png,
-                &image_dir.join(&filename),
-            )?;
-            Ok(EvalItem {
-                png,
-                captions: eval.captions(&scene, index),
-                labels: LabelSet::ALL
-                    .iter()
-                    .map(|&l| eval.label(&scene, l))
-                    .collect(),
-                compositional: CompositionKind::ALL
-                    .iter()
-                    .map(|&k| eval.compositional(&scene, index, k))
-                    .collect(),
-                vqa: eval.vqa(&scene, index),
-                filename,
-            })
-        })
+        .map(|index| eval_item(eval, index, image_dir))
         .collect::<Result<_, SceneError>>()?;
     for item in &items {
-        write_atomic(&image_dir.join(&item.filename), &item.png)?;
+        cappa_io::write_atomically(&image_dir.join(&item.filename), &item.png)?;
     }
+    Ok(items)
+}
 
+fn eval_item(eval: &SceneWorld, index: u64, image_dir: &Path) -> Result<EvalItem, SceneError> {
+    let filename = format!("{index:06}.png");
+    let scene = eval.scene(index);
+    let png = encode(
+        &eval.render(&scene),
+        ImageFormat::Png,
+        &image_dir.join(&filename),
+    )?;
+    Ok(EvalItem {
+        png,
+        captions: eval.captions(&scene, index),
+        labels: LabelSet::ALL
+            .iter()
+            .map(|&l| eval.label(&scene, l))
+            .collect(),
+        compositional: CompositionKind::ALL
+            .iter()
+            .map(|&k| eval.compositional(&scene, index, k))
+            .collect(),
+        vqa: eval.vqa(&scene, index),
+        filename,
+    })
+}
+
+/// `karpathy.json`: every image in split "test" with its five reference sentences, sentence
+/// ids counted across images.
+fn karpathy_json(items: &[EvalItem]) -> serde_json::Value {
     let mut sentence_id = 0u64;
-    let karpathy_images: Vec<serde_json::Value> = items
+    let images: Vec<serde_json::Value> = items
         .iter()
         .enumerate()
         .map(|(imgid, item)| {
@@ -348,15 +442,19 @@ pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, 
             })
         })
         .collect();
-    let karpathy = eval_dir.join("karpathy.json");
-    write_json(
-        &karpathy,
-        &serde_json::json!({"dataset": "synth", "images": karpathy_images}),
-    )?;
+    serde_json::json!({"dataset": "synth", "images": images})
+}
 
+/// Writes `classify/<label_set>/<class>/` image folders and each label set's `classes.json`;
+/// returns the number of classes per label set.
+fn write_classify(
+    eval: &SceneWorld,
+    items: &[EvalItem],
+    classify_dir: &Path,
+) -> Result<BTreeMap<String, usize>, SceneError> {
     let mut classify = BTreeMap::new();
     for (l, label_set) in LabelSet::ALL.iter().enumerate() {
-        let root = eval_dir.join("classify").join(label_set.name());
+        let root = classify_dir.join(label_set.name());
         let names = eval.class_names(*label_set);
         let dirs: Vec<PathBuf> = names
             .iter()
@@ -365,15 +463,22 @@ pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, 
         for dir in &dirs {
             create_dir(dir)?;
         }
-        for item in &items {
-            write_atomic(&dirs[item.labels[l]].join(&item.filename), &item.png)?;
+        for item in items {
+            cappa_io::write_atomically(&dirs[item.labels[l]].join(&item.filename), &item.png)?;
         }
         write_json(&root.join("classes.json"), &serde_json::json!(names))?;
         classify.insert(label_set.name().to_string(), names.len());
     }
+    Ok(classify)
+}
 
-    let comp_dir = eval_dir.join("compositional");
-    create_dir(&comp_dir)?;
+/// Writes one SugarCrepe-style `<kind>.json` per composition kind; returns the number of
+/// items per kind.
+fn write_compositional(
+    items: &[EvalItem],
+    dir: &Path,
+) -> Result<BTreeMap<String, usize>, SceneError> {
+    create_dir(dir)?;
     let mut compositional = BTreeMap::new();
     for (k, kind) in CompositionKind::ALL.iter().enumerate() {
         let mut map = serde_json::Map::new();
@@ -391,13 +496,17 @@ pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, 
         }
         compositional.insert(kind.name().to_string(), map.len());
         write_json(
-            &comp_dir.join(format!("{}.json", kind.name())),
+            &dir.join(format!("{}.json", kind.name())),
             &serde_json::Value::Object(map),
         )?;
     }
+    Ok(compositional)
+}
 
-    let vqa_dir = eval_dir.join("vqa");
-    create_dir(&vqa_dir)?;
+/// Writes VQA v2's `questions.json` and `annotations.json` (question ids `10 × image + q`);
+/// returns the number of questions.
+fn write_vqa(items: &[EvalItem], dir: &Path) -> Result<usize, SceneError> {
+    create_dir(dir)?;
     let mut questions = Vec::new();
     let mut annotations = Vec::new();
     for (image_id, item) in items.iter().enumerate() {
@@ -406,44 +515,39 @@ pub fn write_synth(out_dir: &Path, config: &SynthConfig) -> Result<SynthReport, 
             questions.push(serde_json::json!({
                 "image_id": image_id, "question": vqa.question, "question_id": question_id
             }));
-            let answers: Vec<serde_json::Value> = (1..=10)
-                .map(|answer_id| {
-                    serde_json::json!({
-                        "answer": vqa.answer, "answer_confidence": "yes", "answer_id": answer_id
-                    })
-                })
-                .collect();
-            annotations.push(serde_json::json!({
-                "question_id": question_id,
-                "image_id": image_id,
-                "question_type": vqa.kind.name(),
-                "answer_type": vqa.kind.answer_type(),
-                "answers": answers,
-                "multiple_choice_answer": vqa.answer,
-            }));
+            annotations.push(vqa_annotation(image_id, question_id, vqa));
         }
     }
-    let vqa_questions = questions.len();
+    let count = questions.len();
     write_json(
-        &vqa_dir.join("questions.json"),
+        &dir.join("questions.json"),
         &serde_json::json!({
             "task_type": "Open-Ended", "data_type": "synth", "data_subtype": "eval",
             "questions": questions,
         }),
     )?;
     write_json(
-        &vqa_dir.join("annotations.json"),
+        &dir.join("annotations.json"),
         &serde_json::json!({"data_type": "synth", "data_subtype": "eval", "annotations": annotations}),
     )?;
+    Ok(count)
+}
 
-    Ok(SynthReport {
-        out_dir: out_dir.to_path_buf(),
-        shards,
-        train_samples: config.train_samples,
-        eval_images: config.eval_samples,
-        karpathy,
-        classify,
-        compositional,
-        vqa_questions,
+/// A VQA v2 annotation whose ten answers all are the correct one.
+fn vqa_annotation(image_id: usize, question_id: u64, vqa: &VqaItem) -> serde_json::Value {
+    let answers: Vec<serde_json::Value> = (1..=10)
+        .map(|answer_id| {
+            serde_json::json!({
+                "answer": vqa.answer, "answer_confidence": "yes", "answer_id": answer_id
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "question_id": question_id,
+        "image_id": image_id,
+        "question_type": vqa.kind.name(),
+        "answer_type": vqa.kind.answer_type(),
+        "answers": answers,
+        "multiple_choice_answer": vqa.answer,
     })
 }

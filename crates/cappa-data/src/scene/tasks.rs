@@ -206,6 +206,7 @@ impl Phrase {
 }
 
 /// The caption "a <phrase> <relation> a <phrase>", or "a <phrase> <place>" for one object.
+#[derive(Clone, Copy)]
 enum Base {
     Pair(Phrase, RelationKind, Phrase),
     Single(Phrase, &'static str),
@@ -241,6 +242,76 @@ fn base_caption(scene: &Scene, rng: &mut ChaCha8Rng) -> Base {
     }
 }
 
+/// A relation between objects of different colours, and the caption with their colours
+/// swapped.
+fn attribute_swap(scene: &Scene, rng: &mut ChaCha8Rng) -> Option<(String, String)> {
+    let candidates: Vec<Relation> = scene
+        .relations()
+        .into_iter()
+        .filter(|r| scene.objects[r.subject].colour != scene.objects[r.object].colour)
+        .collect();
+    let r = *candidates.get(rng.random_range(0..candidates.len().max(1)))?;
+    let (a, b) = (Phrase::of(scene, r.subject), Phrase::of(scene, r.object));
+    let truth = Base::Pair(a, r.kind, b);
+    let swapped = Base::Pair(
+        Phrase {
+            colour: b.colour,
+            ..a
+        },
+        r.kind,
+        Phrase {
+            colour: a.colour,
+            ..b
+        },
+    );
+    Some((truth.text(), swapped.text()))
+}
+
+/// A relation, and the caption with subject and object exchanged.
+fn relation_swap(scene: &Scene, rng: &mut ChaCha8Rng) -> Option<(String, String)> {
+    let r = random_relation(scene, rng)?;
+    let (a, b) = (Phrase::of(scene, r.subject), Phrase::of(scene, r.object));
+    Some((
+        Base::Pair(a, r.kind, b).text(),
+        Base::Pair(b, r.kind, a).text(),
+    ))
+}
+
+/// A true caption, and its words shuffled into another order.
+fn word_order(scene: &Scene, rng: &mut ChaCha8Rng) -> (String, String) {
+    let caption = base_caption(scene, rng).text();
+    let mut words: Vec<&str> = caption.split(' ').collect();
+    let original = words.clone();
+    while words == original {
+        words.shuffle(rng);
+    }
+    let negative = words.join(" ");
+    (caption, negative)
+}
+
+/// A random value of `all` that is not `present`; `None` when every value is present (the
+/// random draw is made either way).
+fn absent_one<T: Copy + PartialEq>(all: &[T], present: &[T], rng: &mut ChaCha8Rng) -> Option<T> {
+    let absent: Vec<T> = all
+        .iter()
+        .copied()
+        .filter(|value| !present.contains(value))
+        .collect();
+    absent
+        .get(rng.random_range(0..absent.len().max(1)))
+        .copied()
+}
+
+/// `base` with one phrase changed by `replace`: in a pair the subject or the object with
+/// probability 1/2 each.
+fn replace_one(base: Base, rng: &mut ChaCha8Rng, replace: impl Fn(Phrase) -> Phrase) -> Base {
+    match base {
+        Base::Pair(a, k, b) if rng.random_bool(0.5) => Base::Pair(replace(a), k, b),
+        Base::Pair(a, k, b) => Base::Pair(a, k, replace(b)),
+        Base::Single(a, place) => Base::Single(replace(a), place),
+    }
+}
+
 impl SceneWorld {
     /// Class names of a label set for this world's config.
     pub fn class_names(&self, label_set: LabelSet) -> Vec<String> {
@@ -267,81 +338,25 @@ impl SceneWorld {
         kind: CompositionKind,
     ) -> Option<CompositionalItem> {
         let mut rng = self.task_rng(index, 1 + kind as u64);
-        let present_shapes: Vec<Shape> = scene.objects.iter().map(|o| o.shape).collect();
-        let present_colours: Vec<Colour> = scene.objects.iter().map(|o| o.colour).collect();
+        let rng = &mut rng;
         let (caption, negative) = match kind {
-            CompositionKind::AttributeSwap => {
-                let candidates: Vec<Relation> = scene
-                    .relations()
-                    .into_iter()
-                    .filter(|r| scene.objects[r.subject].colour != scene.objects[r.object].colour)
-                    .collect();
-                let r = *candidates.get(rng.random_range(0..candidates.len().max(1)))?;
-                let (a, b) = (Phrase::of(scene, r.subject), Phrase::of(scene, r.object));
-                let truth = Base::Pair(a, r.kind, b);
-                let swapped = Base::Pair(
-                    Phrase {
-                        colour: b.colour,
-                        ..a
-                    },
-                    r.kind,
-                    Phrase {
-                        colour: a.colour,
-                        ..b
-                    },
-                );
-                (truth.text(), swapped.text())
-            }
-            CompositionKind::RelationSwap => {
-                let r = random_relation(scene, &mut rng)?;
-                let (a, b) = (Phrase::of(scene, r.subject), Phrase::of(scene, r.object));
-                (
-                    Base::Pair(a, r.kind, b).text(),
-                    Base::Pair(b, r.kind, a).text(),
-                )
-            }
+            CompositionKind::AttributeSwap => attribute_swap(scene, rng)?,
+            CompositionKind::RelationSwap => relation_swap(scene, rng)?,
             CompositionKind::ObjectReplace => {
-                let base = base_caption(scene, &mut rng);
-                let absent: Vec<Shape> = Shape::ALL
-                    .into_iter()
-                    .filter(|s| !present_shapes.contains(s))
-                    .collect();
-                let new = *absent.get(rng.random_range(0..absent.len().max(1)))?;
-                let negative = match base {
-                    Base::Pair(a, k, b) if rng.random_bool(0.5) => {
-                        Base::Pair(Phrase { shape: new, ..a }, k, b)
-                    }
-                    Base::Pair(a, k, b) => Base::Pair(a, k, Phrase { shape: new, ..b }),
-                    Base::Single(a, place) => Base::Single(Phrase { shape: new, ..a }, place),
-                };
+                let present: Vec<Shape> = scene.objects.iter().map(|o| o.shape).collect();
+                let base = base_caption(scene, rng);
+                let shape = absent_one(&Shape::ALL, &present, rng)?;
+                let negative = replace_one(base, rng, |phrase| Phrase { shape, ..phrase });
                 (base.text(), negative.text())
             }
             CompositionKind::AttributeReplace => {
-                let base = base_caption(scene, &mut rng);
-                let absent: Vec<Colour> = Colour::ALL
-                    .into_iter()
-                    .filter(|c| !present_colours.contains(c))
-                    .collect();
-                let new = *absent.get(rng.random_range(0..absent.len().max(1)))?;
-                let negative = match base {
-                    Base::Pair(a, k, b) if rng.random_bool(0.5) => {
-                        Base::Pair(Phrase { colour: new, ..a }, k, b)
-                    }
-                    Base::Pair(a, k, b) => Base::Pair(a, k, Phrase { colour: new, ..b }),
-                    Base::Single(a, place) => Base::Single(Phrase { colour: new, ..a }, place),
-                };
+                let present: Vec<Colour> = scene.objects.iter().map(|o| o.colour).collect();
+                let base = base_caption(scene, rng);
+                let colour = absent_one(&Colour::ALL, &present, rng)?;
+                let negative = replace_one(base, rng, |phrase| Phrase { colour, ..phrase });
                 (base.text(), negative.text())
             }
-            CompositionKind::WordOrder => {
-                let caption = base_caption(scene, &mut rng).text();
-                let mut words: Vec<&str> = caption.split(' ').collect();
-                let original = words.clone();
-                while words == original {
-                    words.shuffle(&mut rng);
-                }
-                let negative = words.join(" ");
-                (caption, negative)
-            }
+            CompositionKind::WordOrder => word_order(scene, rng),
         };
         Some(CompositionalItem {
             kind,

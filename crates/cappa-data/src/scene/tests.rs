@@ -394,85 +394,60 @@ fn caption_noise_zero_uses_references_and_one_replaces_them() {
 }
 
 #[test]
-fn config_validation_names_the_field_and_rejects_unknown_fields() {
-    let check = |config: SceneConfig, field: &str| match config.validate() {
-        Err(SceneError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
-        other => panic!("{field}: expected an error, got {other:?}"),
-    };
+fn config_validation_names_the_field() {
     SceneConfig::default().validate().unwrap();
     SceneConfig::easy().validate().unwrap();
-    let d = SceneConfig::default;
-    check(
-        SceneConfig {
-            image_size: 8,
-            ..d()
-        },
-        "image_size",
-    );
-    check(
-        SceneConfig {
-            min_objects: 0,
-            ..d()
-        },
-        "min_objects",
-    );
-    check(
-        SceneConfig {
-            min_objects: 3,
-            max_objects: 2,
-            ..d()
-        },
-        "min_objects",
-    );
-    check(
-        SceneConfig {
-            max_objects: 9,
-            ..d()
-        },
-        "max_objects",
-    );
-    check(
-        SceneConfig {
-            size_jitter: 0.2,
-            ..d()
-        },
-        "size_jitter",
-    );
-    check(
-        SceneConfig {
-            caption_noise: 1.5,
-            ..d()
-        },
-        "caption_noise",
-    );
-    check(
-        SceneConfig {
-            background_noise: f32::NAN,
-            ..d()
-        },
-        "background_noise",
-    );
-    check(
-        SceneConfig {
-            occlusion_probability: -0.1,
-            ..d()
-        },
-        "occlusion_probability",
-    );
-    assert!(SceneWorld::new(
-        SceneConfig {
-            clutter: 100,
-            ..d()
-        },
-        0
-    )
-    .is_err());
+    /// A field and a change that puts it out of range.
+    type Case = (&'static str, fn(&mut SceneConfig));
+    let cases: [Case; 9] = [
+        ("image_size", |c| c.image_size = 8),
+        ("min_objects", |c| c.min_objects = 0),
+        ("min_objects", |c| {
+            c.min_objects = 3;
+            c.max_objects = 2;
+        }),
+        ("max_objects", |c| c.max_objects = 9),
+        ("size_jitter", |c| c.size_jitter = 0.2),
+        ("caption_noise", |c| c.caption_noise = 1.5),
+        ("background_noise", |c| c.background_noise = f32::NAN),
+        ("occlusion_probability", |c| c.occlusion_probability = -0.1),
+        ("clutter", |c| c.clutter = 100),
+    ];
+    for (field, change) in cases {
+        let mut config = SceneConfig::default();
+        change(&mut config);
+        match config.validate() {
+            Err(SceneError::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+            other => panic!("{field}: expected an error, got {other:?}"),
+        }
+        assert!(SceneWorld::new(config, 0).is_err(), "{field}");
+    }
+    let synth = SynthConfig {
+        shard_size: 0,
+        ..SynthConfig::default()
+    };
+    assert!(matches!(
+        synth.validate(),
+        Err(SceneError::InvalidConfig {
+            field: "shard_size",
+            ..
+        })
+    ));
+}
 
+#[test]
+fn config_json_round_trips_fills_defaults_and_rejects_unknown_fields() {
     let json = serde_json::to_string(&SceneConfig::default()).unwrap();
     let back: SceneConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, SceneConfig::default());
     let partial: SceneConfig = serde_json::from_str(r#"{"image_size": 32}"#).unwrap();
-    assert_eq!(partial.image_size, 32);
+    assert_eq!(
+        partial,
+        SceneConfig {
+            image_size: 32,
+            ..SceneConfig::default()
+        }
+    );
     assert!(serde_json::from_str::<SceneConfig>(r#"{"image_sise": 32}"#).is_err());
     assert!(serde_json::from_str::<SynthConfig>(r#"{"shards": 3}"#).is_err());
 }
@@ -500,7 +475,7 @@ fn sample_carries_image_captions_and_scene_graph() {
 }
 
 fn read_json(path: &std::path::Path) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    cappa_io::read_json(path).unwrap()
 }
 
 /// Members of a tar as (name, bytes).
@@ -618,10 +593,17 @@ fn synth_writes_evaluation_sets_in_the_real_formats() {
     assert!(report.shards.is_empty());
     let eval_dir = dir.path().join("eval");
     let eval = SceneWorld::eval(config.world.clone(), 2).unwrap();
+    check_karpathy(&eval_dir, &eval, 30);
+    check_classify(&eval_dir, &eval, &report, 30);
+    check_compositional(&eval_dir, &eval, &report);
+    check_vqa(&eval_dir, &report, 30);
+}
 
+/// `karpathy.json` lists every image with the world's pixels and reference captions.
+fn check_karpathy(eval_dir: &std::path::Path, eval: &SceneWorld, count: usize) {
     let karpathy = read_json(&eval_dir.join("karpathy.json"));
     let images = karpathy["images"].as_array().unwrap();
-    assert_eq!(images.len(), 30);
+    assert_eq!(images.len(), count);
     for (i, entry) in images.iter().enumerate() {
         assert_eq!(entry["split"], "test");
         assert_eq!(entry["imgid"], i);
@@ -641,7 +623,15 @@ fn synth_writes_evaluation_sets_in_the_real_formats() {
             .iter()
             .all(|s| !s["tokens"].as_array().unwrap().is_empty()));
     }
+}
 
+/// Every label set's folders hold each image once, under the class of its scene.
+fn check_classify(
+    eval_dir: &std::path::Path,
+    eval: &SceneWorld,
+    report: &SynthReport,
+    count: usize,
+) {
     for label_set in LabelSet::ALL {
         let root = eval_dir.join("classify").join(label_set.name());
         let names: Vec<String> =
@@ -658,9 +648,12 @@ fn synth_writes_evaluation_sets_in_the_real_formats() {
                 total += 1;
             }
         }
-        assert_eq!(total, 30, "{label_set:?}");
+        assert_eq!(total, count, "{label_set:?}");
     }
+}
 
+/// Each kind's SugarCrepe file holds the world's caption and negative for its images.
+fn check_compositional(eval_dir: &std::path::Path, eval: &SceneWorld, report: &SynthReport) {
     for kind in CompositionKind::ALL {
         let json = read_json(&eval_dir.join(format!("compositional/{}.json", kind.name())));
         let map = json.as_object().unwrap();
@@ -678,14 +671,17 @@ fn synth_writes_evaluation_sets_in_the_real_formats() {
                 .exists());
         }
     }
+}
 
+/// Questions and annotations pair up, at least four per image, ten identical answers each.
+fn check_vqa(eval_dir: &std::path::Path, report: &SynthReport, count: usize) {
     let questions = read_json(&eval_dir.join("vqa/questions.json"));
     let annotations = read_json(&eval_dir.join("vqa/annotations.json"));
     let questions = questions["questions"].as_array().unwrap();
     let annotations = annotations["annotations"].as_array().unwrap();
     assert_eq!(questions.len(), report.vqa_questions);
     assert_eq!(questions.len(), annotations.len());
-    assert!(questions.len() >= 4 * 30);
+    assert!(questions.len() >= 4 * count);
     for (q, a) in questions.iter().zip(annotations) {
         assert_eq!(q["question_id"], a["question_id"]);
         assert_eq!(q["image_id"], a["image_id"]);

@@ -24,15 +24,18 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::Device;
 
-use crate::evaluate::{EvalPlan, LoadedCheckpoint};
+use cappa_eval::report::EvalReport;
+
+use crate::checkpoint_eval::{EvalPlan, LoadedCheckpoint};
 
 pub use preset::{
     match_text_depth, merge, merge_config, run_config, train_flops_per_example, Overrides, Preset,
-    PresetError, COMPARE_PRESETS,
+    PresetError, COMPARE_PRESETS, MAX_MATCHED_TEXT_DEPTH,
 };
 pub use results::{
-    objective_colour, objective_label, objective_name_label, CompareResults, Finding, GroupWinner,
-    MetricRow, ModelRow, Spread, TABLE_SHOTS,
+    objective_colour, objective_label, ByObjective, CompareResults, Finding, GroupWinner,
+    MetricRow, ModelRow, Spread, TaskGroup, CLEAR_LEAD_WITH_ONE_SEED, FAR_AHEAD_ON_COMPOSITIONAL,
+    TABLE_SHOTS,
 };
 pub use scale::{scale, ScaleModel, ScalePoint, ScalePreset, ScaleResults, SCALE_PRESETS};
 
@@ -87,8 +90,8 @@ pub struct PlannedRun {
 pub struct FinishedRun {
     pub run: PlannedRun,
     pub summary: RunSummary,
-    /// The evaluation report (`results.json`) as JSON.
-    pub report: Value,
+    /// The evaluation report (`results.json`).
+    pub report: EvalReport,
     pub eval_dir: PathBuf,
 }
 
@@ -133,9 +136,9 @@ pub fn plan_runs(
         let mut target = None;
         for objective in objectives.iter().filter(|o| !o.is_contrastive()) {
             let config = config_of(objective)?;
-            target.get_or_insert(
-                train_flops_per_example(&config).map_err(|e| PresetError(e.to_string()))?,
-            );
+            let flops =
+                train_flops_per_example(&config).map_err(PresetError::config(&config.name))?;
+            target.get_or_insert(flops);
             runs.push((*objective, config, None));
         }
         for objective in objectives.iter().filter(|o| o.is_contrastive()) {
@@ -164,51 +167,45 @@ pub fn plan_runs(
         .collect())
 }
 
+/// Config fields in which a run may differ from the one saved in its directory: the trainer
+/// continues such a run (a larger budget) or they do not change its results.
+const CONTINUABLE_FIELDS: [&str; 4] = [
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "eval.every",
+];
+
 /// Refuses to mix runs: a directory that holds another experiment's run is named with the
 /// fields that differ (the budget may grow: the trainer continues such a run).
 fn check_existing(run: &PlannedRun) -> Result<(), PresetError> {
     let path = run.dir.join(EXPERIMENT_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return Ok(());
+    let saved: Value = match cappa_io::read_json(&path) {
+        Ok(saved) => saved,
+        Err(error) if error.is_not_found() => return Ok(()),
+        Err(error) => return Err(PresetError::UnreadableRun { error }),
     };
     // Through the config type and back, so that both sides round floats the same way.
-    let saved = serde_json::from_str(&text)
-        .map_err(|e| PresetError::at_path(&path, format!("is not JSON ({e})")))
-        .and_then(|v| {
-            cappa_trainer::config::from_value(v).map_err(|e| PresetError::at_path(&path, e))
-        })?;
+    let saved = cappa_trainer::config::from_value(saved)
+        .map_err(|error| PresetError::SavedConfig { path, error })?;
     let saved = serde_json::to_value(&saved).expect("config serialises");
     let given = serde_json::to_value(&run.config).expect("config serialises");
     let mut fields = Vec::new();
     differing_fields(&saved, &given, "", &mut fields);
-    fields.retain(|f| {
-        !f.starts_with("budget")
-            && !matches!(
-                f.as_str(),
-                "log_every" | "checkpoint_every" | "keep_checkpoints" | "eval.every"
-            )
-    });
+    fields.retain(|f| !f.starts_with("budget") && !CONTINUABLE_FIELDS.contains(&f.as_str()));
     if fields.is_empty() {
         Ok(())
     } else {
-        Err(PresetError(format!(
-            "{} holds a run of a different experiment (it differs in {}): choose another \
-             directory with --out, or delete that one to start over",
-            run.dir.display(),
-            fields.join(", ")
-        )))
+        Err(PresetError::OtherExperiment {
+            dir: run.dir.clone(),
+            fields,
+        })
     }
 }
 
-impl PresetError {
-    fn at_path(path: &Path, error: impl std::fmt::Display) -> Self {
-        PresetError(format!("{}: {error}", path.display()))
-    }
-}
-
+/// The run's summary, if it has a readable one.
 fn read_summary(dir: &Path) -> Option<RunSummary> {
-    let text = std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok()?;
-    serde_json::from_str(&text).ok()
+    cappa_io::read_json(&dir.join(SUMMARY_FILE)).ok()
 }
 
 /// Reports stage progress on stderr with an estimate of the time left.
@@ -291,6 +288,17 @@ fn minutes(seconds: f64) -> String {
     }
 }
 
+/// Training FLOPs the run's budget plans (0 when they cannot be computed).
+fn planned_flops(run: &PlannedRun) -> f64 {
+    let per_example = train_flops_per_example(&run.config).unwrap_or(0.0);
+    let examples = match run.config.budget {
+        cappa_trainer::Budget::Steps(n) => (n * run.config.batch_size as u64) as f64,
+        cappa_trainer::Budget::Examples(n) => n as f64,
+        cappa_trainer::Budget::Flops(f) => f / per_example.max(1.0),
+    };
+    per_example * examples
+}
+
 /// Trains (or reuses) and evaluates (or reuses) every planned run, in order.
 pub(crate) fn run_stages(
     runs: &[PlannedRun],
@@ -301,60 +309,24 @@ pub(crate) fn run_stages(
         check_existing(run)?;
     }
     let mut clock = StageClock::new(2 * runs.len(), options.progress);
-    let planned_flops = |run: &PlannedRun| -> f64 {
-        let per_example = train_flops_per_example(&run.config).unwrap_or(0.0);
-        let examples = match run.config.budget {
-            cappa_trainer::Budget::Steps(n) => (n * run.config.batch_size as u64) as f64,
-            cappa_trainer::Budget::Examples(n) => n as f64,
-            cappa_trainer::Budget::Flops(f) => f / per_example.max(1.0),
-        };
-        per_example * examples
-    };
     let mut finished = Vec::new();
     for (k, run) in runs.iter().enumerate() {
-        let left_flops: f64 = runs[k..].iter().map(planned_flops).sum();
         let label = format!(
             "{} (seed {}) in {}",
             objective_label(run.objective),
             run.seed,
             run.dir.display()
         );
-        let summary = match read_summary(&run.dir).filter(|s| s.finished) {
-            Some(summary) if within_budget(&summary, &run.config) => {
-                clock.announce(
-                    &format!("train {label}: done before, reused"),
-                    left_flops,
-                    runs.len() - k,
-                );
-                clock.finish_train(0.0, 0.0);
-                summary
-            }
-            _ => {
-                clock.announce(&format!("train {label}"), left_flops, runs.len() - k);
-                let summary = train(run, options)?;
-                clock.finish_train(planned_flops(run), summary.seconds);
-                summary
-            }
+        let left = Remaining {
+            train_flops: runs[k..].iter().map(planned_flops).sum(),
+            evals: runs.len() - k,
         };
-        let eval_dir = summary.checkpoint.join("eval");
-        let left_flops: f64 = runs[k + 1..].iter().map(planned_flops).sum();
-        let (report, seconds) = match reusable_eval(&eval_dir, plan) {
-            Some(report) => {
-                clock.announce(
-                    &format!("evaluate {label}: done before, reused"),
-                    left_flops,
-                    runs.len() - k,
-                );
-                (report, None)
-            }
-            None => {
-                clock.announce(&format!("evaluate {label}"), left_flops, runs.len() - k);
-                let started = Instant::now();
-                let report = evaluate(&summary.checkpoint, &eval_dir, plan, options.device)?;
-                (report, Some(started.elapsed().as_secs_f64()))
-            }
+        let summary = train_stage(run, &label, left, &mut clock, options)?;
+        let left = Remaining {
+            train_flops: runs[k + 1..].iter().map(planned_flops).sum(),
+            ..left
         };
-        clock.finish_eval(seconds);
+        let (report, eval_dir) = eval_stage(&summary, &label, left, &mut clock, plan, options)?;
         finished.push(FinishedRun {
             run: run.clone(),
             summary,
@@ -363,6 +335,71 @@ pub(crate) fn run_stages(
         });
     }
     Ok((finished, clock))
+}
+
+/// The work left when a stage starts, for the time estimate.
+#[derive(Debug, Clone, Copy)]
+struct Remaining {
+    train_flops: f64,
+    evals: usize,
+}
+
+/// Reuses the run's finished training, or trains it (continuing from a checkpoint).
+fn train_stage(
+    run: &PlannedRun,
+    label: &str,
+    left: Remaining,
+    clock: &mut StageClock,
+    options: &CompareOptions,
+) -> Result<RunSummary> {
+    match read_summary(&run.dir).filter(|s| s.finished) {
+        Some(summary) if within_budget(&summary, &run.config) => {
+            clock.announce(
+                &format!("train {label}: done before, reused"),
+                left.train_flops,
+                left.evals,
+            );
+            clock.finish_train(0.0, 0.0);
+            Ok(summary)
+        }
+        _ => {
+            clock.announce(&format!("train {label}"), left.train_flops, left.evals);
+            let summary = train(run, options)?;
+            clock.finish_train(planned_flops(run), summary.seconds);
+            Ok(summary)
+        }
+    }
+}
+
+/// Reuses the evaluation of the run's final checkpoint (in `CHECKPOINT/eval/`) when it was
+/// made with `plan`, or evaluates that checkpoint; the report and its directory.
+fn eval_stage(
+    summary: &RunSummary,
+    label: &str,
+    left: Remaining,
+    clock: &mut StageClock,
+    plan: &EvalPlan,
+    options: &CompareOptions,
+) -> Result<(EvalReport, PathBuf)> {
+    let eval_dir = summary.checkpoint.join("eval");
+    let (report, seconds) = match reusable_eval(&eval_dir, plan) {
+        Some(report) => {
+            clock.announce(
+                &format!("evaluate {label}: done before, reused"),
+                left.train_flops,
+                left.evals,
+            );
+            (report, None)
+        }
+        None => {
+            clock.announce(&format!("evaluate {label}"), left.train_flops, left.evals);
+            let started = Instant::now();
+            let report = evaluate(&summary.checkpoint, &eval_dir, plan, options.device)?;
+            (report, Some(started.elapsed().as_secs_f64()))
+        }
+    };
+    clock.finish_eval(seconds);
+    Ok((report, eval_dir))
 }
 
 /// A finished run counts as done when it trained for the budget planned now.
@@ -383,11 +420,14 @@ fn train(run: &PlannedRun, options: &CompareOptions) -> Result<RunSummary> {
         dist: None,
     };
     let mut trainer = Trainer::start(run.config.clone(), &run.dir, trainer_options)
-        .map_err(|e| {
-            if e.is_config() {
-                anyhow::Error::new(PresetError(e.to_string()))
+        .map_err(|error| {
+            if error.is_config() {
+                anyhow::Error::new(PresetError::Refused {
+                    dir: run.dir.clone(),
+                    error,
+                })
             } else {
-                anyhow::Error::new(e)
+                anyhow::Error::new(error)
             }
         })
         .with_context(|| format!("starting the training run in {}", run.dir.display()))?;
@@ -405,53 +445,47 @@ fn train(run: &PlannedRun, options: &CompareOptions) -> Result<RunSummary> {
     Ok(summary)
 }
 
-/// The plan an evaluation directory was made with, beside its `results.json`.
+/// The plan an evaluation directory was made with, beside its report.
 const EVAL_PLAN_FILE: &str = "plan.json";
+
+/// The evaluation report in an evaluation directory (written by
+/// [`cappa_eval::report::write_report`]).
+const EVAL_REPORT_FILE: &str = "results.json";
 
 #[derive(Serialize, Deserialize, PartialEq)]
 struct SavedPlan {
     plan: EvalPlan,
 }
 
-fn reusable_eval(dir: &Path, plan: &EvalPlan) -> Option<Value> {
-    let saved: SavedPlan =
-        serde_json::from_str(&std::fs::read_to_string(dir.join(EVAL_PLAN_FILE)).ok()?).ok()?;
+/// The report in `dir` when it is complete and was made with `plan`.
+fn reusable_eval(dir: &Path, plan: &EvalPlan) -> Option<EvalReport> {
+    let saved: SavedPlan = cappa_io::read_json(&dir.join(EVAL_PLAN_FILE)).ok()?;
     if &saved.plan != plan {
         return None;
     }
-    serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).ok()?).ok()
+    cappa_io::read_json(&dir.join(EVAL_REPORT_FILE)).ok()
 }
 
-fn evaluate(checkpoint: &Path, dir: &Path, plan: &EvalPlan, device: Device) -> Result<Value> {
+/// Evaluates `checkpoint` with `plan`, writing the report into `dir`.
+fn evaluate(checkpoint: &Path, dir: &Path, plan: &EvalPlan, device: Device) -> Result<EvalReport> {
     let loaded = LoadedCheckpoint::load(checkpoint, device)?;
     let report = loaded.evaluate_scene(plan)?;
     // The plan is written after the results: a plan file means the results are complete.
     let _ = std::fs::remove_file(dir.join(EVAL_PLAN_FILE));
     cappa_eval::report::write_report(dir, &report)
         .with_context(|| format!("writing {}", dir.display()))?;
-    write_json_atomically(&dir.join(EVAL_PLAN_FILE), &SavedPlan { plan: plan.clone() })?;
-    Ok(serde_json::to_value(&report)?)
+    cappa_io::write_json(&dir.join(EVAL_PLAN_FILE), &SavedPlan { plan: plan.clone() })?;
+    Ok(report)
 }
 
-/// Writes JSON to `path` through a temporary file and a rename.
-pub(crate) fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)? + "\n";
-    write_atomically(path, text.as_bytes())
-}
+/// The preset an experiment ran, in its directory.
+pub const PRESET_FILE: &str = "preset.json";
 
-/// Writes `bytes` to `path` through a temporary file and a rename.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    cappa_models::checkpoint::write_atomically(path, |temp| {
-        std::fs::write(temp, bytes).map_err(|source| cappa_models::CheckpointError::Io {
-            path: temp.to_path_buf(),
-            source,
-        })
-    })
-    .with_context(|| format!("writing {}", path.display()))
-}
+/// An experiment's results (`CompareResults` or `ScaleResults` as JSON), in its directory.
+pub const RESULTS_FILE: &str = "results.json";
+
+/// An experiment's report in Markdown, in its directory.
+pub const REPORT_FILE: &str = "report.md";
 
 /// Trains and evaluates every model of `preset` (resuming finished stages), then writes
 /// `report.md`, `results.json` and `plots/` into `options.out`.
@@ -467,9 +501,9 @@ pub fn compare(preset: &Preset, options: &CompareOptions) -> Result<CompareResul
     let runs = plan_runs(&set, &options.overrides, &options.out, &preset.name)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
-    write_json_atomically(&options.out.join("preset.json"), preset)?;
+    cappa_io::write_json(&options.out.join(PRESET_FILE), preset)?;
     let (finished, clock) = run_stages(&runs, &preset.eval, options)?;
-    let mut results = CompareResults::gather(preset, &finished, options, clock.elapsed())?;
+    let mut results = CompareResults::gather(preset, &finished, options, clock.elapsed());
     results.write(&options.out, &finished)?;
     Ok(results)
 }

@@ -3,24 +3,91 @@
 //! text tower is sized against the decoder, and which evaluations to run.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use cappa_models::{train_flops, ModelConfig};
 use cappa_trainer::config::{self, ConfigError};
-use cappa_trainer::{ExperimentConfig, Objective};
+use cappa_trainer::{ExperimentConfig, Objective, TrainError};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::evaluate::EvalPlan;
+use crate::checkpoint_eval::EvalPlan;
 
 /// A bad preset, `--set` or data path: the command exits with status 2 before training.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PresetError(pub String);
+pub enum PresetError {
+    /// No built-in preset has this name and no file has this path.
+    #[error(
+        "no {kind} preset `{name}`: use one of {} or the path of a preset JSON file",
+        known.join(", ")
+    )]
+    Unknown {
+        /// `compare` or `scale`.
+        kind: &'static str,
+        name: String,
+        /// The built-in presets' names.
+        known: Vec<&'static str>,
+    },
+    /// A preset file that cannot be read, is not JSON or has a field of the wrong shape (the
+    /// error names the file and the field).
+    #[error("{kind} preset {error}")]
+    File {
+        kind: &'static str,
+        error: cappa_io::FileError,
+    },
+    /// A preset that parses but says something that cannot be run.
+    #[error("{kind} preset `{preset}`: {field} {why}")]
+    Invalid {
+        kind: &'static str,
+        preset: String,
+        /// The offending field, e.g. `objective_overrides.cap`.
+        field: String,
+        why: &'static str,
+    },
+    /// One model's training config (the preset, its objective's overrides and `--set`) is
+    /// invalid; the error names the field.
+    #[error("{run}: {error}")]
+    Config { run: String, error: ConfigError },
+    /// Matching a text tower's depth was asked of a model without one.
+    #[error("{run}: only contrastive models have a text tower")]
+    NoTextTower { run: String },
+    /// A run directory's saved `experiment.json` cannot be read or is not JSON.
+    #[error("{error}")]
+    UnreadableRun { error: cappa_io::FileError },
+    /// A run directory's saved `experiment.json` is no training config of this version.
+    #[error("{}: {error}", path.display())]
+    SavedConfig { path: PathBuf, error: ConfigError },
+    /// A run directory holds a run of another experiment.
+    #[error(
+        "{} holds a run of a different experiment (it differs in {}): choose another \
+         directory with --out, or delete that one to start over",
+        dir.display(),
+        fields.join(", ")
+    )]
+    OtherExperiment {
+        dir: PathBuf,
+        /// The config fields that differ, e.g. `optim.lr`.
+        fields: Vec<String>,
+    },
+    /// The trainer refused a run's configuration when it started.
+    #[error("{error}")]
+    Refused { dir: PathBuf, error: TrainError },
+    /// Command-line options that do not go together.
+    #[error("{option} {why}")]
+    CommandLine {
+        /// The option, e.g. `--data`.
+        option: &'static str,
+        why: String,
+    },
+}
 
 impl PresetError {
-    fn at(source: &str, error: impl std::fmt::Display) -> Self {
-        PresetError(format!("{source}: {error}"))
+    /// Wraps a config error of the run named `run`.
+    pub(crate) fn config(run: &str) -> impl FnOnce(ConfigError) -> PresetError + '_ {
+        move |error| PresetError::Config {
+            run: run.to_string(),
+            error,
+        }
     }
 }
 
@@ -74,46 +141,49 @@ pub const COMPARE_PRESETS: [(&str, &str); 4] = [
     ),
 ];
 
-/// Reads a built-in preset by name, or a preset file by path.
+/// Reads a built-in preset by name (`data/KIND/NAME.json`, compiled in), or a preset file by
+/// path.
 pub(crate) fn read_named<T: serde::de::DeserializeOwned>(
     name: &str,
-    builtin: &[(&str, &str)],
-    kind: &str,
+    builtin: &[(&'static str, &'static str)],
+    kind: &'static str,
 ) -> Result<T, PresetError> {
-    let (source, text) = match builtin.iter().find(|(n, _)| *n == name) {
-        Some((_, text)) => (format!("built-in {kind} preset `{name}`"), text.to_string()),
+    let file_error = |error| PresetError::File { kind, error };
+    match builtin.iter().find(|(n, _)| *n == name) {
+        Some((_, text)) => {
+            let source = PathBuf::from(format!("data/{kind}/{name}.json"));
+            cappa_io::parse_json(text, &source).map_err(file_error)
+        }
         None if Path::new(name).is_file() => {
-            let text = std::fs::read_to_string(name)
-                .map_err(|e| PresetError::at(name, format!("cannot be read: {e}")))?;
-            (name.to_string(), text)
+            cappa_io::read_json(Path::new(name)).map_err(file_error)
         }
-        None => {
-            let names: Vec<&str> = builtin.iter().map(|(n, _)| *n).collect();
-            return Err(PresetError(format!(
-                "no {kind} preset `{name}`: use one of {} or the path of a preset JSON file",
-                names.join(", ")
-            )));
-        }
-    };
-    let mut deserializer = serde_json::Deserializer::from_str(&text);
-    serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
-        let path = e.path().to_string();
-        PresetError(format!("{source}: {path}: {}", e.into_inner()))
-    })
+        None => Err(PresetError::Unknown {
+            kind,
+            name: name.to_string(),
+            known: builtin.iter().map(|(n, _)| *n).collect(),
+        }),
+    }
 }
 
 impl Preset {
     /// A built-in preset (`default`, `cpu-quick`, `test`, `cc3m-b16`) or a preset file.
     pub fn named(name: &str) -> Result<Self, PresetError> {
         let preset: Preset = read_named(name, &COMPARE_PRESETS, "compare")?;
+        let invalid = |field: String, why| PresetError::Invalid {
+            kind: "compare",
+            preset: name.to_string(),
+            field,
+            why,
+        };
         if preset.objectives.is_empty() {
-            return Err(PresetError(format!("preset `{name}`: objectives is empty")));
+            return Err(invalid("objectives".into(), "is empty"));
         }
         for key in preset.objective_overrides.keys() {
             if !preset.objectives.iter().any(|o| o.name() == key) {
-                return Err(PresetError(format!(
-                    "preset `{name}`: objective_overrides.{key} names no objective of the preset"
-                )));
+                return Err(invalid(
+                    format!("objective_overrides.{key}"),
+                    "names no objective of the preset",
+                ));
             }
         }
         Ok(preset)
@@ -176,38 +246,42 @@ pub fn run_config(
         );
     }
     for assignment in &overrides.sets {
-        config::apply_override(&mut value, assignment).map_err(|e| PresetError(e.to_string()))?;
+        config::apply_override(&mut value, assignment).map_err(PresetError::config(&name))?;
     }
     merge(
         &mut value,
         &serde_json::json!({"objective": objective, "seed": seed, "name": name}),
     );
-    let config = config::from_value(value).map_err(|e| PresetError(e.to_string()))?;
-    config.validate().map_err(|e| PresetError(e.to_string()))?;
+    let config = config::from_value(value).map_err(PresetError::config(&name))?;
+    config.validate().map_err(PresetError::config(&name))?;
     Ok(config)
 }
 
 /// Training FLOPs per example of `config`, with a tokenizer of `data.vocab_size` entries.
 pub fn train_flops_per_example(config: &ExperimentConfig) -> Result<f64, ConfigError> {
-    let model: ModelConfig = config.model_config(config.data.vocab_size as i64)?;
+    let tokens = cappa_models::SpecialTokens::built_in(config.data.vocab_size as i64);
+    let model: ModelConfig = config.model_config(tokens)?;
     Ok(train_flops(model.forward_flops()))
 }
 
+/// The deepest text tower [`match_text_depth`] considers.
+pub const MAX_MATCHED_TEXT_DEPTH: i64 = 24;
+
 /// Sets the contrastive text tower's depth to the one whose training FLOPs per example come
-/// closest to `target` (from 1 to 24 layers); returns the chosen depth.
+/// closest to `target` (from 1 to [`MAX_MATCHED_TEXT_DEPTH`] layers); returns the chosen depth.
 pub fn match_text_depth(config: &mut ExperimentConfig, target: f64) -> Result<i64, PresetError> {
     let vocab = config.data.vocab_size as i64;
-    let ModelConfig::Clip(clip) = config
-        .model_config(vocab)
-        .map_err(|e| PresetError(e.to_string()))?
-    else {
-        return Err(PresetError(
-            "only contrastive models have a text tower".into(),
-        ));
+    let model = config
+        .model_config(cappa_models::SpecialTokens::built_in(vocab))
+        .map_err(PresetError::config(&config.name))?;
+    let ModelConfig::Clip(clip) = model else {
+        return Err(PresetError::NoTextTower {
+            run: config.name.clone(),
+        });
     };
     let mut text = clip.text.clone();
     let mut best = (f64::INFINITY, text.depth);
-    for depth in 1..=24 {
+    for depth in 1..=MAX_MATCHED_TEXT_DEPTH {
         text.depth = depth;
         let mut candidate = clip.clone();
         candidate.text = text.clone();
@@ -241,7 +315,9 @@ mod tests {
                 );
                 // The real-data preset names shards that are not here: it must say so.
                 match (name, result) {
-                    ("cc3m-b16", Err(e)) => assert!(e.0.contains("data.shards"), "{e}"),
+                    ("cc3m-b16", Err(e @ PresetError::Config { .. })) => {
+                        assert!(e.to_string().contains("data.shards"), "{e}")
+                    }
                     (_, Ok(_)) => {}
                     (_, Err(e)) => panic!("{name}: {e}"),
                 }
@@ -252,7 +328,10 @@ mod tests {
     #[test]
     fn unknown_presets_and_fields_are_named() {
         let e = Preset::named("nope").unwrap_err();
-        assert!(e.0.contains("no compare preset `nope`") && e.0.contains("cpu-quick"));
+        assert!(matches!(&e, PresetError::Unknown { known, .. } if known.contains(&"cpu-quick")));
+        assert!(e
+            .to_string()
+            .starts_with("no compare preset `nope`: use one of default, "));
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("p.json");
         std::fs::write(
@@ -261,8 +340,16 @@ mod tests {
         )
         .expect("write");
         let e = Preset::named(path.to_str().expect("utf-8")).unwrap_err();
-        assert!(e.0.contains("eval.tset") || e.0.contains("eval"), "{e}");
-        assert!(e.0.contains("unknown field"), "{e}");
+        let PresetError::File { error, .. } = &e else {
+            panic!("not a file error: {e}");
+        };
+        assert_eq!(error.path(), path);
+        let message = e.to_string();
+        assert!(
+            message.contains("p.json") && message.contains("`eval"),
+            "{message}"
+        );
+        assert!(message.contains("unknown field `tset`"), "{message}");
     }
 
     #[test]
@@ -294,7 +381,11 @@ mod tests {
             sets: vec!["optim.lrr=1".into()],
         };
         let e = run_config(&train, None, &bad, Objective::Cap, 0, "n".into()).unwrap_err();
-        assert!(e.0.contains("optim.lrr"), "{e}");
+        let PresetError::Config { run, error } = &e else {
+            panic!("not a config error: {e}");
+        };
+        assert_eq!(run, "n");
+        assert!(error.field.contains("optim.lrr"), "{e}");
     }
 
     #[test]

@@ -7,8 +7,8 @@ use cappa::experiment::{
     compare as run_compare, scale as run_scale, CompareOptions, Overrides, Preset, ScalePreset,
 };
 
-use crate::device::DeviceArg;
-use crate::train::{interrupt_on_ctrl_c, ProgressArg};
+use crate::cli::device::DeviceArg;
+use crate::cli::train::{interrupt_on_ctrl_c, ProgressArg};
 
 /// What both experiments take besides their preset.
 #[derive(Debug, clap::Args)]
@@ -58,7 +58,7 @@ fn options(common: &CommonArgs, name: &str, device: DeviceArg) -> Result<Compare
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(name));
     let mut options = CompareOptions::new(out, device);
-    options.device_name = crate::device::accelerator_name(device);
+    options.device_name = crate::cli::device::accelerator_name(device);
     options.overrides = Overrides {
         data: common
             .data
@@ -71,9 +71,10 @@ fn options(common: &CommonArgs, name: &str, device: DeviceArg) -> Result<Compare
     if common.data.iter().any(|d| d == "synth") {
         options.overrides.sets.push("data.kind=scene".into());
         if common.data.len() > 1 {
-            anyhow::bail!(cappa::experiment::PresetError(
-                "--data takes either `synth` or shard paths, not both".into()
-            ));
+            anyhow::bail!(cappa::experiment::PresetError::CommandLine {
+                option: "--data",
+                why: "takes either `synth` or shard paths, not both".into(),
+            });
         }
     }
     options.progress = common.progress.mode();

@@ -10,38 +10,64 @@ use cappa_data::tokenizer::Tokenizer;
 use cappa_eval::model::Evaluable;
 use cappa_eval::report::{evaluate_scene, EvalOptions, EvalReport};
 use cappa_eval::scene::{SceneEvalSet, SceneEvalSizes};
-use cappa_eval::transfer::TransferConfig;
+use cappa_eval::tasks::MAX_LIKELIHOOD_RETRIEVAL_PAIRS;
+use cappa_eval::transfer::{TransferConfig, MIN_TRANSFER_SEQ_LEN};
 use cappa_models::Model;
+use cappa_trainer::tokens::check_tokenizer;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tch::nn::VarStore;
 use tch::Device;
 
-/// Which evaluations to run and on how many held-out images.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Which evaluations to run and on how many held-out images: `cappa eval`'s flags (this
+/// struct is their clap definition, so the defaults below are the only ones) and a preset's
+/// `eval` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalPlan {
     /// Held-out test images.
+    #[arg(long, default_value_t = EvalPlan::DEFAULT.test)]
     pub test: u64,
     /// Held-out images for the few-shot pool and transfer training.
+    #[arg(long, default_value_t = EvalPlan::DEFAULT.pool)]
     pub pool: u64,
     /// Beam size of a second captioning pass (captioners; 1 = greedy only).
+    #[arg(long, default_value_t = EvalPlan::DEFAULT.beam)]
     pub beam: i64,
     /// Train and evaluate the frozen-encoder transfer decoders (captioning, VQA).
+    #[arg(long)]
     pub transfer: bool,
     /// Transfer decoder training steps.
+    #[arg(long, default_value_t = EvalPlan::DEFAULT.transfer_steps)]
     pub transfer_steps: usize,
+    /// Captioners: the most (image, caption) pairs likelihood retrieval may score; above it
+    /// retrieval is skipped with a note (each pair is one decoder pass).
+    #[arg(long, default_value_t = EvalPlan::DEFAULT.max_retrieval_pairs)]
+    #[serde(skip_serializing_if = "is_default_pair_limit")]
+    pub max_retrieval_pairs: usize,
+}
+
+/// Saved plans leave the pair limit out at its default, so plans written before it existed
+/// still match.
+fn is_default_pair_limit(pairs: &usize) -> bool {
+    *pairs == MAX_LIKELIHOOD_RETRIEVAL_PAIRS
+}
+
+impl EvalPlan {
+    /// The defaults of every field (and of `cappa eval`'s flags).
+    pub const DEFAULT: EvalPlan = EvalPlan {
+        test: 200,
+        pool: 400,
+        beam: 1,
+        transfer: false,
+        transfer_steps: 300,
+        max_retrieval_pairs: MAX_LIKELIHOOD_RETRIEVAL_PAIRS,
+    };
 }
 
 impl Default for EvalPlan {
     fn default() -> Self {
-        EvalPlan {
-            test: 200,
-            pool: 400,
-            beam: 1,
-            transfer: false,
-            transfer_steps: 300,
-        }
+        EvalPlan::DEFAULT
     }
 }
 
@@ -117,11 +143,14 @@ impl LoadedCheckpoint {
     /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`, optionally
     /// `experiment.json`) onto `device`.
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
-        let (vs, model, _config) = cappa_models::checkpoint::load(dir, device)
+        let (vs, model, config) = cappa_models::checkpoint::load(dir, device)
             .with_context(|| format!("loading the checkpoint {}", dir.display()))?;
         let tokenizer_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::load(&tokenizer_path)
             .with_context(|| format!("loading {}", tokenizer_path.display()))?;
+        // A model evaluated with another tokenizer's ids would pool and stop at wrong tokens.
+        let config_path = dir.join(cappa_models::checkpoint::CONFIG_FILE);
+        check_tokenizer(&config, &config_path, &tokenizer, &tokenizer_path)?;
         Ok(LoadedCheckpoint {
             _vs: vs,
             model,
@@ -158,10 +187,11 @@ impl LoadedCheckpoint {
         let seq_len = self.trained_with.seq_len;
         let mut options = EvalOptions::new(seq_len);
         options.beam_size = plan.beam;
+        options.max_retrieval_pairs = plan.max_retrieval_pairs;
         if plan.transfer {
             options.transfer = Some(TransferConfig {
                 steps: plan.transfer_steps,
-                seq_len: seq_len.max(24),
+                seq_len: seq_len.max(MIN_TRANSFER_SEQ_LEN),
                 ..TransferConfig::default()
             });
         }

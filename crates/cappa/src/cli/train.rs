@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use anyhow::Result;
 use cappa_torch_ext::dist::{Backend, DistEnv, ProcessGroup};
-use cappa_trainer::{config, ProgressMode, Resume, Trainer, TrainerOptions, EXPERIMENT_FILE};
+use cappa_trainer::{
+    config, ProgressMode, Resume, RunSummary, Trainer, TrainerOptions, EXPERIMENT_FILE,
+};
 
-use crate::device::DeviceArg;
+use crate::cli::device::DeviceArg;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct TrainArgs {
@@ -105,25 +107,8 @@ fn bad_config(error: impl std::fmt::Display) -> anyhow::Error {
 
 pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
     let resume = matches!(args.resume, ResumeArg::Auto);
-    // On resume without --config, the run's own saved config is the base.
-    let mut base = args.config.clone();
-    if base.is_none() && resume {
-        if let Some(out) = &args.out {
-            let saved = out.join(EXPERIMENT_FILE);
-            if saved.is_file() {
-                base = Some(saved);
-            }
-        }
-    }
-    let mut config = config::resolve(base.as_deref(), &args.sets).map_err(bad_config)?;
-    // Started by `cappa launch` or torchrun: the launcher's world size, unless the config
-    // names one (then they must agree; the trainer says so if not).
     let dist_env = DistEnv::from_env().map_err(bad_config)?;
-    if let Some(env) = &dist_env {
-        if config.world_size == 1 {
-            config.world_size = env.world_size;
-        }
-    }
+    let config = resolved_config(args, resume, dist_env.as_ref())?;
     if args.print_config {
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
@@ -133,26 +118,12 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         .out
         .clone()
         .unwrap_or_else(|| Path::new("runs").join(&config.name));
-    let mut device = device.select()?;
-    let dist = match &dist_env {
-        Some(env) => {
-            if let tch::Device::Cuda(_) = device {
-                // One GPU per rank: LOCAL_RANK's.
-                device = DeviceArg::Cuda(env.local_rank).select()?;
-            }
-            let timeout = dist_timeout()?;
-            let pg = ProcessGroup::new(env, Backend::for_device(device), timeout)?;
-            Some(Arc::new(pg))
-        }
-        None => None,
-    };
+    let (device, dist) = device_and_group(device, dist_env.as_ref())?;
     let main_rank = dist.as_ref().is_none_or(|pg| pg.rank() == 0);
-    let device_name = crate::device::accelerator_name(device);
-    let interrupt = interrupt_on_ctrl_c()?;
     let options = TrainerOptions {
-        interrupt: Some(Arc::clone(&interrupt)),
+        interrupt: Some(interrupt_on_ctrl_c()?),
         device,
-        device_name,
+        device_name: crate::cli::device::accelerator_name(device),
         progress: args.progress.mode(),
         resume: if resume { Resume::Auto } else { Resume::Never },
         dist,
@@ -164,7 +135,6 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
             e.into()
         }
     })?;
-    let state = trainer.state();
     if !main_rank {
         // Rank 0 reports; the others only train (and print their errors).
         let summary = trainer.run()?;
@@ -174,11 +144,61 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
             Err(Interrupted.into())
         };
     }
-    if state.step > 0 {
+    announce(&trainer, &run_dir);
+    let summary = trainer.run()?;
+    report(&summary, trainer.config().world_size, &run_dir)
+}
+
+/// The configuration: `--config` (or, resuming without one, the run's own saved config) with
+/// the `--set` overrides; under a launcher, the launcher's world size unless the config
+/// names one (then they must agree; the trainer says so if not).
+fn resolved_config(
+    args: &TrainArgs,
+    resume: bool,
+    dist_env: Option<&DistEnv>,
+) -> Result<config::ExperimentConfig> {
+    let mut base = args.config.clone();
+    if base.is_none() && resume {
+        if let Some(out) = &args.out {
+            let saved = out.join(EXPERIMENT_FILE);
+            if saved.is_file() {
+                base = Some(saved);
+            }
+        }
+    }
+    let mut config = config::resolve(base.as_deref(), &args.sets).map_err(bad_config)?;
+    if let Some(env) = dist_env {
+        if config.world_size == 1 {
+            config.world_size = env.world_size;
+        }
+    }
+    Ok(config)
+}
+
+/// The device of this process and, under a launcher, its process group (one GPU per rank:
+/// `LOCAL_RANK`'s).
+fn device_and_group(
+    device: DeviceArg,
+    dist_env: Option<&DistEnv>,
+) -> Result<(tch::Device, Option<Arc<ProcessGroup>>)> {
+    let mut device = device.select()?;
+    let Some(env) = dist_env else {
+        return Ok((device, None));
+    };
+    if let tch::Device::Cuda(_) = device {
+        device = DeviceArg::Cuda(env.local_rank).select()?;
+    }
+    let pg = ProcessGroup::new(env, Backend::for_device(device), dist_timeout()?)?;
+    Ok((device, Some(Arc::new(pg))))
+}
+
+/// What is about to happen, on stderr.
+fn announce(trainer: &Trainer, run_dir: &Path) {
+    if trainer.state().step > 0 {
         eprintln!(
             "resuming {} at step {} of {}",
             run_dir.display(),
-            state.step,
+            trainer.state().step,
             trainer.total_steps()
         );
     }
@@ -195,12 +215,15 @@ pub(crate) fn run(args: &TrainArgs, device: DeviceArg) -> Result<()> {
         trainer.train_flops_per_example(),
         run_dir.display()
     );
-    let launch = match trainer.config().world_size {
-        1 => String::new(),
-        n => format!("launch --nproc {n} "),
-    };
-    let summary = trainer.run()?;
+}
+
+/// The end of a run on stderr: done, or interrupted with the command that continues it.
+fn report(summary: &RunSummary, world_size: usize, run_dir: &Path) -> Result<()> {
     if !summary.finished {
+        let launch = match world_size {
+            1 => String::new(),
+            n => format!("launch --nproc {n} "),
+        };
         eprintln!(
             "interrupted at step {} of {}; checkpoint {}. Continue with: cappa {launch}train --out {} --resume auto",
             summary.steps,

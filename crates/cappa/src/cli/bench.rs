@@ -96,69 +96,20 @@ fn tokens_per_second(mut decode: impl FnMut() -> Vec<Vec<i64>>) -> f64 {
 }
 
 pub(crate) fn models(args: &ModelsArgs) -> Result<()> {
-    let device = Device::Cpu;
     let (clip_config, cap_config, seq_len, default_steps) = match args.preset {
         Preset::Tiny => (ClipConfig::tiny(), CapConfig::tiny(), 16, 20),
         Preset::Small => (ClipConfig::small(), CapConfig::small(), 32, 8),
     };
     let steps = args.steps.unwrap_or(default_steps);
     let size = clip_config.vision.image_size;
-    let vocab = clip_config.text.vocab_size;
-
-    // CLIP: images, captions of random ordinary ids ending in EOS.
-    let clip_vs = VarStore::new(device);
-    let clip = Clip::new(clip_vs.root(), &clip_config);
-    let mut clip_opt = nn::AdamW::default().build(&clip_vs, 1e-3)?;
-    let images = Tensor::randn([BATCH, 3, size, size], (Kind::Float, device));
-    let text = Tensor::randint_low(3, vocab, [BATCH, seq_len], (Kind::Int64, device));
-    let _ = text.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
-    let clip_step_ms = time_steps(args.warmup, steps, || {
-        clip_opt.zero_grad();
-        let loss = contrastive_softmax_loss(
-            &clip.encode_image(&images, true),
-            &clip.encode_text(&text, true),
-            &clip.logit_scale,
-        );
-        loss.backward();
-        clip_opt.step();
-    });
-
-    // CapPa: three quarters of the examples predict in parallel from mask tokens.
-    let cap_vs = VarStore::new(device);
+    let images = Tensor::randn([BATCH, 3, size, size], (Kind::Float, Device::Cpu));
+    let clip_vs = VarStore::new(Device::Cpu);
+    let clip_step_ms = clip_step_ms(&clip_vs, &clip_config, &images, seq_len, args.warmup, steps)?;
+    let cap_vs = VarStore::new(Device::Cpu);
     let cap = CapModel::new(cap_vs.root(), &cap_config);
-    let mut cap_opt = nn::AdamW::default().build(&cap_vs, 1e-3)?;
-    let targets = Tensor::randint_low(3, vocab, [BATCH, seq_len], (Kind::Int64, device));
-    let prediction = ParallelPrediction::cap_pa(cap_config.decoder.vocab_size);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let cappa_step_ms = time_steps(args.warmup, steps, || {
-        cap_opt.zero_grad();
-        let inputs = parallel_prediction_inputs(&targets, &prediction, &mut rng)
-            .expect("the CapPa preset is valid");
-        let tokens = cap.encode_image(&images, true).tokens;
-        let logits = cap.decode(
-            &tokens,
-            &inputs.inputs,
-            Decoding::PerExample(&inputs.parallel),
-            true,
-        );
-        caption_loss(&logits, &targets, 0, 0.0).backward();
-        cap_opt.step();
-    });
-
-    // Greedy decoding of exactly 64 tokens for 8 images, with and without the KV cache; the
-    // images are encoded once beforehand, so only the decoder is timed.
-    let greedy = GenerateConfig {
-        stop_at_eos: false,
-        ..GenerateConfig::greedy(GREEDY_TOKENS)
-    };
-    let memory = tch::no_grad(|| {
-        cap.encode_image(&images.narrow(0, 0, GREEDY_BATCH), false)
-            .tokens
-    });
-    let greedy_cached_tokens_per_s = tokens_per_second(|| cap.decoder.generate(&memory, &greedy));
-    let greedy_uncached_tokens_per_s =
-        tokens_per_second(|| cap.decoder.greedy_uncached(&memory, &greedy));
-
+    let cappa_step_ms = cappa_step_ms(&cap_vs, &cap, &images, seq_len, args.warmup, steps)?;
+    let (greedy_cached_tokens_per_s, greedy_uncached_tokens_per_s) =
+        greedy_tokens_per_second(&cap, &images);
     let figures = Figures {
         preset: args.preset,
         threads: tch::get_num_threads(),
@@ -185,6 +136,81 @@ pub(crate) fn models(args: &ModelsArgs) -> Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Milliseconds per CLIP training step (torch's AdamW) on `images` and captions of random
+/// ordinary ids ending in EOS.
+fn clip_step_ms(
+    vs: &VarStore,
+    config: &ClipConfig,
+    images: &Tensor,
+    seq_len: i64,
+    warmup: usize,
+    steps: usize,
+) -> Result<f64> {
+    let clip = Clip::new(vs.root(), config);
+    let mut optimizer = nn::AdamW::default().build(vs, 1e-3)?;
+    let vocab = config.text.vocab_size;
+    let text = Tensor::randint_low(3, vocab, [BATCH, seq_len], (Kind::Int64, Device::Cpu));
+    let _ = text.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
+    Ok(time_steps(warmup, steps, || {
+        optimizer.zero_grad();
+        let loss = contrastive_softmax_loss(
+            &clip.encode_image(images, true),
+            &clip.encode_text(&text, true),
+            &clip.logit_scale,
+        );
+        loss.backward();
+        optimizer.step();
+    }))
+}
+
+/// Milliseconds per CapPa training step: three quarters of the examples predict in parallel
+/// from mask tokens.
+fn cappa_step_ms(
+    vs: &VarStore,
+    cap: &CapModel,
+    images: &Tensor,
+    seq_len: i64,
+    warmup: usize,
+    steps: usize,
+) -> Result<f64> {
+    let mut optimizer = nn::AdamW::default().build(vs, 1e-3)?;
+    let vocab = cap.config().decoder.vocab_size;
+    let targets = Tensor::randint_low(3, vocab, [BATCH, seq_len], (Kind::Int64, Device::Cpu));
+    let prediction = ParallelPrediction::cap_pa(vocab);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    Ok(time_steps(warmup, steps, || {
+        optimizer.zero_grad();
+        let inputs = parallel_prediction_inputs(&targets, &prediction, &mut rng)
+            .expect("the CapPa preset is valid");
+        let tokens = cap.encode_image(images, true).tokens;
+        let logits = cap.decode(
+            &tokens,
+            &inputs.inputs,
+            Decoding::PerExample(&inputs.parallel),
+            true,
+        );
+        caption_loss(&logits, &targets, 0, 0.0).backward();
+        optimizer.step();
+    }))
+}
+
+/// Greedy decoding of exactly 64 tokens for 8 images, tokens/s with and without the KV cache;
+/// the images are encoded once beforehand, so only the decoder is timed.
+fn greedy_tokens_per_second(cap: &CapModel, images: &Tensor) -> (f64, f64) {
+    let greedy = GenerateConfig {
+        stop_at_eos: false,
+        ..GenerateConfig::greedy(GREEDY_TOKENS)
+    };
+    let memory = tch::no_grad(|| {
+        cap.encode_image(&images.narrow(0, 0, GREEDY_BATCH), false)
+            .tokens
+    });
+    (
+        tokens_per_second(|| cap.decoder.generate(&memory, &greedy)),
+        tokens_per_second(|| cap.decoder.greedy_uncached(&memory, &greedy)),
+    )
 }
 
 #[derive(Debug, clap::Args)]
@@ -479,7 +505,8 @@ pub(crate) struct EvalArgs {
 /// Evaluation throughput of an untrained captioner (the work does not depend on the weights):
 /// zero-shot scoring in (image, class) pairs/s, greedy and beam captions/s at full length.
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
-    use cappa_eval::model::LikelihoodScorer;
+    use cappa_eval::model::Captioner;
+    use cappa_eval::scoring::{score_streamed, Batches};
     let config = match args.preset {
         Preset::Tiny => CapConfig::tiny(),
         Preset::Small => CapConfig::small(),
@@ -495,7 +522,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
         (0..3)
             .map(|_| {
                 let start = Instant::now();
-                let _ = cap.log_likelihood(&images, &candidates);
+                let _ = score_streamed(&cap, &images, &candidates, Batches::of_images(images_n));
                 start.elapsed().as_secs_f64()
             })
             .collect(),
@@ -503,14 +530,14 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     let pairs_per_s = (images_n * classes) as f64 / seconds;
     let full = |beam: i64| GenerateConfig {
         stop_at_eos: false,
-        ..GenerateConfig::beam(seq_len, beam, 0.6)
+        ..GenerateConfig::beam(seq_len, beam, cappa_eval::report::BEAM_LENGTH_PENALTY)
     };
     let captions_per_s = |config: GenerateConfig| {
         median(
             (0..3)
                 .map(|_| {
                     let start = Instant::now();
-                    let out = LikelihoodScorer::generate(&cap, &images.narrow(0, 0, 16), &config);
+                    let out = Captioner::generate(&cap, &images.narrow(0, 0, 16), &config);
                     out.len() as f64 / start.elapsed().as_secs_f64()
                 })
                 .collect(),
@@ -574,8 +601,57 @@ pub(crate) struct ThroughputArgs {
 /// synthetic in-memory batches on the selected device, as samples/s and MFU. The PyTorch
 /// eager reference is `scripts/bench_train_reference.py --device … --precision … --batch …`
 /// (`cargo xtask device-bench` prepares both for a GPU machine).
+/// The trainer configuration `cappa bench throughput` times for one objective.
+fn throughput_config(
+    args: &ThroughputArgs,
+    objective: &str,
+) -> Result<cappa_trainer::config::ExperimentConfig> {
+    let sets = vec![
+        format!("objective={objective}"),
+        format!("model.preset={}", args.preset),
+        format!("data.seq_len={}", args.seq_len),
+        format!("batch_size={}", args.batch),
+        format!("precision={}", args.precision),
+        "optim.weight_decay=0.1".into(),
+        "optim.decay=torch".into(),
+        "budget.steps=1000000".into(),
+        "data.tokenizer_captions=500".into(),
+        "eval.every=0".into(),
+    ];
+    Ok(cappa_trainer::config::resolve(None, &sets)?)
+}
+
+/// Milliseconds per full trainer step on synthetic batches made as the reference makes them,
+/// already on the device.
+fn time_trainer_steps(
+    trainer: &mut cappa_trainer::Trainer,
+    args: &ThroughputArgs,
+    objective: &str,
+    device: Device,
+) -> Result<f64> {
+    let size = trainer.vision_image_size();
+    let (batch, seq_len) = (args.batch as i64, args.seq_len as i64);
+    let vocab = trainer.tokenizer().vocab_size() as i64;
+    let images = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
+    let tokens = Tensor::randint_low(3, vocab, [batch, seq_len], (Kind::Int64, device));
+    if objective == "clip" || objective == "sigmoid" {
+        let _ = tokens.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
+    }
+    let micro = [(images, tokens)];
+    let mut failure = None;
+    let ms = time_steps(args.warmup, args.steps, || {
+        if let Err(error) = trainer.step_on(&micro) {
+            failure.get_or_insert(error);
+        }
+    });
+    match failure {
+        Some(error) => Err(error.into()),
+        None => Ok(ms),
+    }
+}
+
 pub(crate) fn throughput(args: &ThroughputArgs, device: Device) -> Result<()> {
-    let device_name = crate::device::accelerator_name(device);
+    let device_name = crate::cli::device::accelerator_name(device);
     let peak = args.peak_flops.or_else(|| {
         device_name
             .as_deref()
@@ -585,45 +661,16 @@ pub(crate) fn throughput(args: &ThroughputArgs, device: Device) -> Result<()> {
     let mut vocab = 0;
     for objective in &args.objectives {
         let dir = tempfile::tempdir()?;
-        let sets = vec![
-            format!("objective={objective}"),
-            format!("model.preset={}", args.preset),
-            format!("data.seq_len={}", args.seq_len),
-            format!("batch_size={}", args.batch),
-            format!("precision={}", args.precision),
-            "optim.weight_decay=0.1".into(),
-            "optim.decay=torch".into(),
-            "budget.steps=1000000".into(),
-            "data.tokenizer_captions=500".into(),
-            "eval.every=0".into(),
-        ];
-        let config = cappa_trainer::config::resolve(None, &sets)?;
         let options = cappa_trainer::TrainerOptions {
             device,
             device_name: device_name.clone(),
             progress: cappa_trainer::ProgressMode::Quiet,
             ..cappa_trainer::TrainerOptions::default()
         };
+        let config = throughput_config(args, objective)?;
         let mut trainer = cappa_trainer::Trainer::start(config, dir.path(), options)?;
-        let size = trainer.vision_image_size();
-        let (batch, seq_len) = (args.batch as i64, args.seq_len as i64);
         vocab = trainer.tokenizer().vocab_size() as i64;
-        // Synthetic batches as the reference makes them, already on the device.
-        let images = Tensor::randn([batch, 3, size, size], (Kind::Float, device));
-        let tokens = Tensor::randint_low(3, vocab, [batch, seq_len], (Kind::Int64, device));
-        if objective == "clip" || objective == "sigmoid" {
-            let _ = tokens.narrow(1, seq_len - 1, 1).fill_(EOS_ID);
-        }
-        let micro = [(images, tokens)];
-        let mut failure = None;
-        let ms = time_steps(args.warmup, args.steps, || {
-            if let Err(error) = trainer.step_on(&micro) {
-                failure.get_or_insert(error);
-            }
-        });
-        if let Some(error) = failure {
-            return Err(error.into());
-        }
+        let ms = time_trainer_steps(&mut trainer, args, objective, device)?;
         let samples_per_s = args.batch as f64 / (ms / 1e3);
         let flops = trainer.train_flops_per_example();
         let mfu = peak.map(|p| samples_per_s * flops / p);
@@ -647,7 +694,7 @@ pub(crate) fn throughput(args: &ThroughputArgs, device: Device) -> Result<()> {
     }
     if let Some(path) = &args.json {
         let figures = serde_json::json!({
-            "device": crate::device::device_name(device),
+            "device": crate::cli::device::device_name(device),
             "device_name": device_name,
             "peak_flops": peak,
             "preset": args.preset,

@@ -78,7 +78,7 @@ impl DeviceArg {
 /// The CUDA device's name (for the MFU estimate's peak FLOP/s); `None` on the CPU.
 pub(crate) fn accelerator_name(device: Device) -> Option<String> {
     match device {
-        Device::Cuda(index) => crate::cuda::devices()
+        Device::Cuda(index) => crate::cli::cuda::devices()
             .ok()
             .and_then(|devices| devices.into_iter().find(|d| d.index == index))
             .map(|d| d.name),

@@ -8,8 +8,8 @@ use tch::Device;
 
 use cappa_torch_ext::dist::Backend;
 
-use crate::cuda::{self, CudaDevice};
-use crate::device::{device_name, DeviceArg};
+use crate::cli::cuda::{self, CudaDevice};
+use crate::cli::device::{device_name, DeviceArg};
 
 /// Facts about the build and the machine, printed as text or JSON.
 #[derive(Debug, Serialize)]

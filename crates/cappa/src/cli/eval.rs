@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cappa::evaluate::{EvalPlan, LoadedCheckpoint};
+use cappa::checkpoint_eval::{EvalPlan, LoadedCheckpoint};
 use cappa_data::pipeline::Normalize;
 use cappa_data::tokenizer::Tokenizer;
 use cappa_eval::caption_metrics::{read_caption_file, score_captions, CaptionItem};
@@ -14,7 +14,7 @@ use cappa_eval::probe::{
 };
 use cappa_eval::report::write_report;
 
-use crate::device::DeviceArg;
+use crate::cli::device::DeviceArg;
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct EvalArgs {
@@ -25,21 +25,8 @@ pub(crate) struct EvalArgs {
     /// Where to write `results.json` and one JSON per task (default: CHECKPOINT/eval).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Held-out test images.
-    #[arg(long, default_value_t = 200)]
-    test: u64,
-    /// Held-out images for the few-shot pool and transfer training.
-    #[arg(long, default_value_t = 400)]
-    pool: u64,
-    /// Beam size for a second captioning pass (captioners; 1 = greedy only).
-    #[arg(long, default_value_t = 1)]
-    beam: i64,
-    /// Also train and evaluate the frozen-encoder transfer decoders (captioning, VQA).
-    #[arg(long)]
-    transfer: bool,
-    /// Transfer decoder training steps.
-    #[arg(long, default_value_t = 300)]
-    transfer_steps: usize,
+    #[command(flatten)]
+    plan: EvalPlan,
     /// Compositional benchmark files in SugarCrepe format (`{id: {filename, caption,
     /// negative_caption}}`) or ARO format (a list with `true_caption` and `false_caption(s)`),
     /// evaluated besides the scene world; needs `--image-root`.
@@ -56,14 +43,7 @@ pub(crate) struct EvalArgs {
 pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
     let device = device.select()?;
     let loaded = LoadedCheckpoint::load(&args.checkpoint, device)?;
-    let plan = EvalPlan {
-        test: args.test,
-        pool: args.pool,
-        beam: args.beam,
-        transfer: args.transfer,
-        transfer_steps: args.transfer_steps,
-    };
-    let mut report = loaded.evaluate_scene(&plan)?;
+    let mut report = loaded.evaluate_scene(&args.plan)?;
     let (evaluable, tokenizer, with) =
         (loaded.evaluable(), &loaded.tokenizer, &loaded.trained_with);
     if !args.compositional.is_empty() {
@@ -107,7 +87,8 @@ fn compositional_file(
     normalize: Normalize,
 ) -> Result<(String, std::collections::BTreeMap<String, f64>)> {
     use cappa_data::pipeline::{decode_bytes, to_tensor, DecodeLimits, EvalTransform};
-    use cappa_eval::tasks::{compositional_contrastive, compositional_likelihood, PreferenceItem};
+    use cappa_eval::scoring::DEFAULT_BATCH;
+    use cappa_eval::tasks::{compositional, PreferenceItem};
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let items = if text.trim_start().starts_with('[') {
@@ -143,14 +124,8 @@ fn compositional_file(
             })
         })
         .collect();
-    let accuracy = match model {
-        Evaluable::Contrastive(m) => {
-            compositional_contrastive(m, tokenizer, seq_len, &images, &preference, 64)
-        }
-        Evaluable::Captioner(m) => {
-            compositional_likelihood(m, tokenizer, seq_len, &images, &preference, 64)
-        }
-    };
+    let (scorer, batch) = (model.scorer(), DEFAULT_BATCH);
+    let accuracy = compositional(scorer, tokenizer, seq_len, &images, &preference, batch);
     Ok((file.display().to_string(), accuracy))
 }
 
