@@ -184,15 +184,6 @@ fn io_error(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
     }
 }
 
-/// Writes `path` atomically: `write` fills a temporary path beside it, which is then fsynced
-/// and renamed into place (see `cappa_io::write_atomically_with`).
-pub fn write_atomically(
-    path: &Path,
-    write: impl FnOnce(&Path) -> Result<(), CheckpointError>,
-) -> Result<(), CheckpointError> {
-    cappa_io::write_atomically_with(path, write)
-}
-
 /// Writes the VarStore's variables to a `.safetensors` file atomically.
 pub fn save_weights(vs: &VarStore, path: &Path) -> Result<(), CheckpointError> {
     // tch picks the format from the extension, which the temporary name keeps.

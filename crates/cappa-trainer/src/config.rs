@@ -433,6 +433,26 @@ impl ExperimentConfig {
                 format!("`{}` must be non-empty letters, digits, `-`, `_` or `.` (it names the run directory)", self.name)
             },
         )?;
+        self.validate_optimisation()?;
+        self.validate_batching()?;
+        check(self.log_every > 0, "log_every", || {
+            "must be positive".into()
+        })?;
+        check(self.checkpoint_every > 0, "checkpoint_every", || {
+            "must be positive (a checkpoint is also written at the end)".into()
+        })?;
+        check(self.keep_checkpoints > 0, "keep_checkpoints", || {
+            "must be at least 1".into()
+        })?;
+        if let Some(peak) = self.peak_flops {
+            check(peak > 0.0, "peak_flops", || "must be positive".into())?;
+        }
+        self.validate_data()?;
+        self.validate_model()
+    }
+
+    /// The optimiser, the schedule, parallel prediction and the budget.
+    fn validate_optimisation(&self) -> Result<(), ConfigError> {
         let o = &self.optim;
         check(o.lr.is_finite() && o.lr > 0.0, "optim.lr", || {
             format!("must be a positive number, got {}", o.lr)
@@ -483,6 +503,11 @@ impl ExperimentConfig {
                 format!("must be a positive number, got {f}")
             })?,
         }
+        Ok(())
+    }
+
+    /// The batch, its split over ranks and into micro-batches.
+    fn validate_batching(&self) -> Result<(), ConfigError> {
         check(self.batch_size > 0, "batch_size", || {
             "must be positive".into()
         })?;
@@ -512,21 +537,7 @@ impl ExperimentConfig {
                     self.accumulation
                 )
             },
-        )?;
-        check(self.log_every > 0, "log_every", || {
-            "must be positive".into()
-        })?;
-        check(self.checkpoint_every > 0, "checkpoint_every", || {
-            "must be positive (a checkpoint is also written at the end)".into()
-        })?;
-        check(self.keep_checkpoints > 0, "keep_checkpoints", || {
-            "must be at least 1".into()
-        })?;
-        if let Some(peak) = self.peak_flops {
-            check(peak > 0.0, "peak_flops", || "must be positive".into())?;
-        }
-        self.validate_data()?;
-        self.validate_model()
+        )
     }
 
     fn validate_data(&self) -> Result<(), ConfigError> {
