@@ -23,18 +23,42 @@ fn ids(rows: &[&[i64]]) -> Tensor {
     Tensor::from_slice(&rows.concat()).view([rows.len() as i64, len])
 }
 
-/// A text tower for `tokens` with the weights of seed 0 (the ids do not change the weights).
+/// libtorch's generator is one per process and the tests run in parallel: each test that
+/// draws random numbers seeds and draws under this lock, so its weights are the same on
+/// every run.
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn seeded<T>(seed: i64, draw: impl FnOnce() -> T) -> T {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    draw()
+}
+
+/// A text tower for `tokens`.
 fn text_tower(tokens: SpecialTokens) -> (VarStore, TextEncoder) {
-    tch::manual_seed(0);
-    let vs = VarStore::new(Device::Cpu);
-    let text = TextEncoder::new(vs.root(), &TextConfig::new(tokens, 8, 32, 2, 4, 16));
-    (vs, text)
+    seeded(0, || {
+        let vs = VarStore::new(Device::Cpu);
+        let text = TextEncoder::new(vs.root(), &TextConfig::new(tokens, 8, 32, 2, 4, 16));
+        (vs, text)
+    })
+}
+
+/// Two towers with the same weights (copied: libtorch's generator is shared by the tests
+/// running in parallel, so seeding it would not make two initialisations equal), one with
+/// the custom ids and one with the built-in ones.
+fn twin_towers() -> ((VarStore, TextEncoder), (VarStore, TextEncoder)) {
+    let custom = text_tower(CUSTOM);
+    let mut built_in = text_tower(SpecialTokens::built_in(64));
+    built_in
+        .0
+        .copy(&custom.0)
+        .expect("the towers have the same variables");
+    (custom, built_in)
 }
 
 #[test]
 fn the_text_tower_pools_at_the_custom_eos_and_before_the_custom_pad() {
-    let (_vs, text) = text_tower(CUSTOM);
-    let (_vs_default, default_ids) = text_tower(SpecialTokens::built_in(64));
+    let ((_vs, text), (_vs_default, default_ids)) = twin_towers();
     tch::no_grad(|| {
         let encode = |tower: &TextEncoder, rows: &[&[i64]]| tower.encode_text(&ids(rows), false);
         // Attention is causal, so pooling at position p equals encoding the first p + 1
@@ -100,15 +124,16 @@ fn a_decoder_whose_eos_is_its_pad_is_refused() {
 /// A decoder for `tokens` over 16 image tokens of width 32, with random (non-zero) head
 /// weights so that its logits depend on its inputs.
 fn decoder(tokens: SpecialTokens) -> (VarStore, CapDecoder, Tensor) {
-    tch::manual_seed(3);
-    let vs = VarStore::new(Device::Cpu);
-    let decoder = CapDecoder::new(vs.root(), &DecoderConfig::new(tokens, 12, 32, 2, 4, 64));
-    tch::no_grad(|| {
-        let mut head = vs.variables()["head.weight"].shallow_clone();
-        head.copy_(&(Tensor::randn([64, 32], (Kind::Float, Device::Cpu)) * 0.5));
-    });
-    let image_tokens = Tensor::randn([2, 16, 32], (Kind::Float, Device::Cpu));
-    (vs, decoder, image_tokens)
+    seeded(3, || {
+        let vs = VarStore::new(Device::Cpu);
+        let decoder = CapDecoder::new(vs.root(), &DecoderConfig::new(tokens, 12, 32, 2, 4, 64));
+        tch::no_grad(|| {
+            let mut head = vs.variables()["head.weight"].shallow_clone();
+            head.copy_(&(Tensor::randn([64, 32], (Kind::Float, Device::Cpu)) * 0.5));
+        });
+        let image_tokens = Tensor::randn([2, 16, 32], (Kind::Float, Device::Cpu));
+        (vs, decoder, image_tokens)
+    })
 }
 
 #[test]
@@ -131,7 +156,9 @@ fn the_decoder_starts_from_the_custom_pad() {
     tch::no_grad(|| {
         // A large embedding for the pad id, so that the first input steers what follows.
         let table = vs.variables()["token_embedding.weight"].shallow_clone();
-        let large = Tensor::randn([1, 32], (Kind::Float, Device::Cpu)) * 5.0;
+        let large = seeded(4, || {
+            Tensor::randn([1, 32], (Kind::Float, Device::Cpu)) * 5.0
+        });
         table.narrow(0, 5, 1).copy_(&large);
         // Greedy decoding by hand, from a given first input.
         let greedy_from = |start: i64| {

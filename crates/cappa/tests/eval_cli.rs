@@ -63,9 +63,14 @@ fn without_timings(mut report: serde_json::Value) -> serde_json::Value {
     report
 }
 
+/// libtorch's generator is one per process and the tests run in parallel: whatever draws
+/// from it in this process does so under this lock.
+static GENERATOR: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The same evaluation in this process, through the library, with the CLI's global settings
 /// (one thread, libtorch seed 0): what `cappa eval` must have computed and written.
 fn library_report(checkpoint: &Path, plan: &EvalPlan) -> serde_json::Value {
+    let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     tch::set_num_threads(1);
     tch::manual_seed(0);
     let loaded = LoadedCheckpoint::load(checkpoint, tch::Device::Cpu).unwrap();
@@ -228,8 +233,11 @@ fn metrics_and_probes_work_on_files() {
     // Features: class c at 3·onehot(c) plus small noise, 4 classes, 10 per class.
     let labels: Vec<i64> = (0..40).map(|i| i % 4).collect();
     let y = tch::Tensor::from_slice(&labels);
-    let x = y.one_hot(4).to_kind(tch::Kind::Float) * 3.0
-        + tch::Tensor::randn([40, 4], (tch::Kind::Float, tch::Device::Cpu)) * 0.1;
+    let noise = {
+        let _generator = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+        tch::Tensor::randn([40, 4], (tch::Kind::Float, tch::Device::Cpu))
+    };
+    let x = y.one_hot(4).to_kind(tch::Kind::Float) * 3.0 + noise * 0.1;
     let features = dir.path().join("features.safetensors");
     tch::Tensor::write_safetensors(
         &[
