@@ -46,6 +46,11 @@ pub(crate) fn loader_seed(seed: u64, rank: usize) -> u64 {
 
 /// Seeds libtorch's process-wide generator with `seed` and runs `f` while holding it, so that
 /// trainers started side by side (tests, sweeps) draw reproducibly.
+/// Seeds libtorch's generator for the draws that follow in this thread (dropout's).
+pub(crate) fn seed_torch(seed: u64) {
+    with_torch_seed(seed, || ());
+}
+
 pub(crate) fn with_torch_seed<T>(seed: u64, f: impl FnOnce() -> T) -> T {
     let _generator = TORCH_GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(seed as i64);

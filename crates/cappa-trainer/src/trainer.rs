@@ -296,7 +296,7 @@ impl Trainer {
         let lr = self.config.optim.lr * factor;
         // Dropout's generator: a function of the step, so resuming reproduces it.
         if self.uses_dropout() {
-            random::with_torch_seed(random::dropout_seed(self.config.seed, step), || ());
+            random::seed_torch(random::dropout_seed(self.config.seed, step));
         }
         let local_loss = self.backward(micro_batches, step)?;
         let loss = self.agree_on_loss(local_loss)?;

@@ -85,21 +85,23 @@ impl TrainedWith {
     /// [-1, 1] pixels (said on stderr).
     pub fn read(dir: &Path) -> Result<Self> {
         let path = dir.join("experiment.json");
-        let Ok(text) = std::fs::read_to_string(&path) else {
-            eprintln!(
-                "note: {} not found; evaluating with the default scene world, 24-token captions \
-                 and [-1, 1] pixels",
-                path.display()
-            );
-            return Ok(TrainedWith {
-                scene: SceneConfig::default(),
-                seq_len: 24,
-                normalize: Normalize::MinusOneToOne,
-                seed: 0,
-            });
+        let value: Value = match cappa_io::read_json(&path) {
+            Ok(value) => value,
+            Err(error) if !error.is_not_found() => return Err(error.into()),
+            Err(_) => {
+                eprintln!(
+                    "note: {} not found; evaluating with the default scene world, 24-token \
+                     captions and [-1, 1] pixels",
+                    path.display()
+                );
+                return Ok(TrainedWith {
+                    scene: SceneConfig::default(),
+                    seq_len: 24,
+                    normalize: Normalize::MinusOneToOne,
+                    seed: 0,
+                });
+            }
         };
-        let value: Value = serde_json::from_str(&text)
-            .with_context(|| format!("{} is not JSON", path.display()))?;
         fn field<T: serde::de::DeserializeOwned>(
             value: &Value,
             name: &str,

@@ -101,6 +101,12 @@ fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), SceneError> 
     Ok(cappa_io::write_atomically(path, &bytes)?)
 }
 
+/// Writes one evaluation image. Plainly, not atomically: thousands of small files, each
+/// fsynced twice, would double synth's time, and an interrupted synth is rerun as a whole.
+fn write_image(path: &Path, png: &[u8]) -> Result<(), SceneError> {
+    Ok(fs::write(path, png).map_err(cappa_io::io_error(path))?)
+}
+
 fn create_dir(path: &Path) -> Result<(), SceneError> {
     Ok(fs::create_dir_all(path).map_err(cappa_io::io_error(path))?)
 }
@@ -384,7 +390,7 @@ fn write_eval_images(
         .map(|index| eval_item(eval, index, image_dir))
         .collect::<Result<_, SceneError>>()?;
     for item in &items {
-        cappa_io::write_atomically(&image_dir.join(&item.filename), &item.png)?;
+        write_image(&image_dir.join(&item.filename), &item.png)?;
     }
     Ok(items)
 }
@@ -464,7 +470,7 @@ fn write_classify(
             create_dir(dir)?;
         }
         for item in items {
-            cappa_io::write_atomically(&dirs[item.labels[l]].join(&item.filename), &item.png)?;
+            write_image(&dirs[item.labels[l]].join(&item.filename), &item.png)?;
         }
         write_json(&root.join("classes.json"), &serde_json::json!(names))?;
         classify.insert(label_set.name().to_string(), names.len());
