@@ -261,3 +261,90 @@ fn scale_sweeps_size_examples_and_caption_noise() {
         &["plots/compute.png", "plots/caption_noise.png"],
     );
 }
+
+/// An ImageFolder classification suite of solid colours in `dir`, as a suite file.
+fn colour_suite(dir: &Path) -> std::path::PathBuf {
+    for (split, count) in [("val", 2), ("train", 3)] {
+        for (name, colour) in [("red", [230u8, 20, 20]), ("blue", [20, 20, 230])] {
+            let class = dir.join(split).join(name);
+            std::fs::create_dir_all(&class).unwrap();
+            for k in 0..count {
+                image::RgbImage::from_pixel(24, 24, image::Rgb(colour))
+                    .save(class.join(format!("{k}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let suite = dir.join("suite.json");
+    std::fs::write(
+        &suite,
+        r#"{"name": "colours", "benchmarks": [{"name": "colours", "task": "classification",
+            "data": {"format": "image_folder", "test": "val", "train": "train"},
+            "few_shot": {"shots": [1], "seeds": 2}, "linear": {"l2": 0.01}}]}"#,
+    )
+    .unwrap();
+    suite
+}
+
+#[test]
+fn compare_evaluates_every_model_on_a_suite_and_reports_each_benchmark() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let suite = colour_suite(dir.path());
+    let mut preset = Preset::named("test").expect("built-in");
+    preset.objectives = vec![Objective::Clip, Objective::Cap];
+    preset.train["budget"] = serde_json::json!({"steps": 2});
+    preset.train["schedule"]["warmup_steps"] = serde_json::json!(1);
+    preset.eval.transfer = false;
+
+    // A suite with a missing path is refused before anything is trained.
+    let broken = dir.path().join("broken.json");
+    std::fs::write(
+        &broken,
+        r#"{"name": "b", "benchmarks": [{"name": "x", "task": "classification",
+            "data": {"format": "image_folder", "test": "nowhere"}}]}"#,
+    )
+    .unwrap();
+    let out = dir.path().join("refused");
+    let mut refused = options(&out);
+    refused.suite = Some(broken.display().to_string());
+    let error = format!("{:#}", compare(&preset, &refused).expect_err("refused"));
+    assert!(
+        error.contains("data.test") && error.contains("nowhere"),
+        "{error}"
+    );
+    assert!(!out.join("seed-0").exists(), "nothing was trained");
+
+    let out = dir.path().join("compare");
+    let mut with_suite = options(&out);
+    with_suite.suite = Some(suite.display().to_string());
+    let results = compare(&preset, &with_suite).expect("compare runs");
+    let json = read_results!(out, &results, CompareResults);
+    let colours = &json.benchmarks["colours"];
+    for metric in [
+        "zero_shot/acc1",
+        "linear/mean_per_class_recall",
+        "few_shot/1shot",
+    ] {
+        let row = &colours[metric];
+        for objective in [Objective::Clip, Objective::Cap] {
+            let spread = row.get(objective).expect("every objective");
+            assert!((0.0..=1.0).contains(&spread.mean), "{metric}");
+            assert_eq!(spread.per_seed.len(), 1);
+        }
+    }
+    let report = std::fs::read_to_string(out.join(REPORT_FILE)).expect("report.md");
+    assert!(report.contains("## Real benchmarks") && report.contains("### colours"));
+    let clip = colours["zero_shot/acc1"].get(Objective::Clip).unwrap();
+    assert!(
+        report.contains(&format!("| zero_shot/acc1 | {} |", clip.display())),
+        "{report}"
+    );
+    assert!(json
+        .plots
+        .contains(&"plots/benchmark_colours.png".to_string()));
+    assert!(out.join("plots/benchmark_colours.png").exists());
+    // Each model's suite report sits beside its scene evaluation.
+    assert!(out
+        .join("seed-0/cap/checkpoints/step-00000002/eval/suite-colours/results.json")
+        .exists());
+}

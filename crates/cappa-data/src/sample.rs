@@ -50,10 +50,14 @@ pub enum SkipReason {
     UnreadableFile,
     /// Two members of one webdataset sample share an extension.
     RepeatedExtension,
+    /// A classification sample has no label (no `.cls` member).
+    MissingLabel,
+    /// A label is not a non-negative integer.
+    BadLabel,
 }
 
 impl SkipReason {
-    pub const ALL: [SkipReason; 10] = [
+    pub const ALL: [SkipReason; 12] = [
         SkipReason::TruncatedArchive,
         SkipReason::UndecodableImage,
         SkipReason::EmptyImage,
@@ -64,6 +68,8 @@ impl SkipReason {
         SkipReason::ImageTooLarge,
         SkipReason::UnreadableFile,
         SkipReason::RepeatedExtension,
+        SkipReason::MissingLabel,
+        SkipReason::BadLabel,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -78,6 +84,8 @@ impl SkipReason {
             SkipReason::ImageTooLarge => "image_too_large",
             SkipReason::UnreadableFile => "unreadable_file",
             SkipReason::RepeatedExtension => "repeated_extension",
+            SkipReason::MissingLabel => "missing_label",
+            SkipReason::BadLabel => "bad_label",
         }
     }
 }

@@ -34,11 +34,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod benchmarks;
 pub mod caption_metrics;
+pub mod classification;
+pub mod images;
 pub mod model;
 pub mod probe;
 pub mod report;
 pub mod scene;
 pub mod scoring;
+pub mod suite;
 pub mod tasks;
 pub mod transfer;

@@ -63,6 +63,11 @@ pub trait TextScorer: ImageEncoder {
     /// Scores (B, C) of an image side (B, …) against a text side shared by every image (C, …)
     /// or one per image (B, C, …), on the device of the inputs.
     fn score_prepared(&self, images: &Tensor, texts: &Tensor) -> Tensor;
+    /// The image side and the probe features (B, D) of the same images, from one encoder
+    /// pass where the model allows.
+    fn prepare_images_and_probe(&self, images: &Tensor) -> (Tensor, Tensor) {
+        (self.prepare_images(images), self.probe_features(images))
+    }
 }
 
 /// A captioner: a [`TextScorer`] whose scores are summed log-likelihoods
@@ -130,6 +135,15 @@ impl TextScorer for Clip {
     fn score_prepared(&self, images: &Tensor, texts: &Tensor) -> Tensor {
         embedding_similarity(images, texts)
     }
+    fn prepare_images_and_probe(&self, images: &Tensor) -> (Tensor, Tensor) {
+        tch::no_grad(|| {
+            let encoded = self.visual.encode_image(images, false);
+            (
+                cappa_models::layers::l2_normalize(&encoded.pooled),
+                gap(&encoded.tokens),
+            )
+        })
+    }
 }
 
 impl TextScorer for CapModel {
@@ -146,6 +160,11 @@ impl TextScorer for CapModel {
     /// each image's keys and values computed once for all of its candidates.
     fn score_prepared(&self, images: &Tensor, texts: &Tensor) -> Tensor {
         tch::no_grad(|| self.decoder.score(images, texts))
+    }
+    fn prepare_images_and_probe(&self, images: &Tensor) -> (Tensor, Tensor) {
+        let tokens = self.prepare_images(images);
+        let probe = gap(&tokens);
+        (tokens, probe)
     }
 }
 

@@ -303,7 +303,7 @@ pub struct LinearProbeResult {
 
 /// Full linear probe (see the module documentation): multinomial logistic regression with the L2
 /// strength chosen on a validation split of the training set, refitted on all of it and scored on
-/// the test set.
+/// the test set. [`linear_probe_scored`] also returns the refitted model's test scores.
 ///
 /// # Panics
 /// If `config` is invalid (empty or negative grid, fraction outside (0, 1), no iterations), if
@@ -318,6 +318,24 @@ pub fn linear_probe(
     num_classes: usize,
     config: &LinearProbeConfig,
 ) -> LinearProbeResult {
+    linear_probe_scored(train_x, train_y, test_x, test_y, num_classes, config).0
+}
+
+/// [`linear_probe`], with the refitted model's test scores: the logits (M, C), float64 on the
+/// CPU, whose row argmax gives [`LinearProbeResult::test_accuracy`] and from which
+/// [`classification_metrics`](crate::classification::classification_metrics) computes `acc1`,
+/// `acc5` and `mean_per_class_recall`. Their softmax is the class probabilities.
+///
+/// # Panics
+/// As [`linear_probe`].
+pub fn linear_probe_scored(
+    train_x: &Tensor,
+    train_y: &[i64],
+    test_x: &Tensor,
+    test_y: &[i64],
+    num_classes: usize,
+    config: &LinearProbeConfig,
+) -> (LinearProbeResult, Tensor) {
     assert!(
         !config.l2_grid.is_empty() && config.l2_grid.iter().all(|&l2| l2 >= 0.0),
         "the L2 grid must hold at least one non-negative value, got {:?}",
@@ -347,7 +365,14 @@ pub fn linear_probe(
         .l2_grid
         .iter()
         .map(|&l2| {
-            let model = Logistic::fit(&fit_x, &fit_y, num_classes, l2, config.iterations);
+            let model = Logistic::fit(
+                &fit_x,
+                &fit_y,
+                num_classes,
+                l2,
+                Stop::Iterations(config.iterations),
+            )
+            .model;
             GridPoint {
                 l2,
                 validation_accuracy: accuracy(&model.predict(&val_x), &val_y),
@@ -363,12 +388,93 @@ pub fn linear_probe(
         })
         .expect("the grid is not empty")
         .clone();
-    let model = Logistic::fit(&train_x, train_y, num_classes, best.l2, config.iterations);
-    LinearProbeResult {
+    let model = Logistic::fit(
+        &train_x,
+        train_y,
+        num_classes,
+        best.l2,
+        Stop::Iterations(config.iterations),
+    )
+    .model;
+    let test_scores = model.scores(&test_x);
+    let result = LinearProbeResult {
         l2: best.l2,
         validation_accuracy: best.validation_accuracy,
-        test_accuracy: accuracy(&model.predict(&test_x), test_y),
+        test_accuracy: accuracy(&argmax_rows(&test_scores), test_y),
         grid,
+    };
+    (result, test_scores)
+}
+
+/// The fixed-L2 probe ([`linear_probe_fixed`]) stops once no entry of the objective's gradient
+/// exceeds this in absolute value (scikit-learn's lbfgs `tol` is the same kind of bound).
+pub const FIXED_L2_TOLERANCE: f64 = 1e-9;
+
+/// Most gradient steps [`linear_probe_fixed`] takes before giving up on [`FIXED_L2_TOLERANCE`].
+pub const FIXED_L2_MAX_ITERATIONS: usize = 20_000;
+
+/// Outcome of [`linear_probe_fixed`]: the test-set scores of multinomial logistic regression
+/// fitted on the whole training set with a given L2 strength, and how the fit converged.
+#[derive(Debug)]
+pub struct FixedLinearProbe {
+    /// The L2 strength (coefficient of `½‖W‖²` added to the mean cross-entropy).
+    pub l2: f64,
+    /// Accuracy (fraction in `[0, 1]`) of the argmax of [`test_scores`](Self::test_scores), the
+    /// first class on ties.
+    pub test_accuracy: f64,
+    /// Test logits (M, C), float64 on the CPU: standardised features times the weights, plus the
+    /// bias. [`classification_metrics`](crate::classification::classification_metrics) takes them.
+    pub test_scores: Tensor,
+    /// Test class probabilities (M, C), float64 on the CPU: the row softmax of
+    /// [`test_scores`](Self::test_scores), scikit-learn's `predict_proba`.
+    pub test_probabilities: Tensor,
+    /// Gradient steps taken.
+    pub iterations: usize,
+    /// Largest absolute entry of the objective's gradient at the fitted weights.
+    pub max_gradient: f64,
+    /// Whether [`max_gradient`](Self::max_gradient) reached [`FIXED_L2_TOLERANCE`] within
+    /// [`FIXED_L2_MAX_ITERATIONS`] steps; when false the scores are those of the last step.
+    pub converged: bool,
+}
+
+/// Full linear probe with a fixed L2 strength `l2` (see the module documentation): multinomial
+/// logistic regression fitted on the whole training set until the gradient falls to
+/// [`FIXED_L2_TOLERANCE`] (at most [`FIXED_L2_MAX_ITERATIONS`] steps), scored on the test set.
+///
+/// This is scikit-learn's `LogisticRegression(C=1 / (N · l2))` (multinomial, lbfgs, intercept
+/// unpenalised) on the same standardised features, N the number of training examples.
+///
+/// # Panics
+/// If `l2` is negative or not finite, if the features are not (N, D) and (M, D) matching their
+/// labels with N, M ≥ 1, or if a training label is outside `0..num_classes`.
+pub fn linear_probe_fixed(
+    train_x: &Tensor,
+    train_y: &[i64],
+    test_x: &Tensor,
+    test_y: &[i64],
+    num_classes: usize,
+    l2: f64,
+) -> FixedLinearProbe {
+    assert!(
+        l2.is_finite() && l2 >= 0.0,
+        "the L2 strength must be finite and non-negative, got {l2}"
+    );
+    let train_x = as_f64_matrix(train_x, Some(train_y.len()), "training features");
+    let test_x = as_f64_matrix(test_x, Some(test_y.len()), "test features");
+    let stop = Stop::Converged {
+        tolerance: FIXED_L2_TOLERANCE,
+        max_iterations: FIXED_L2_MAX_ITERATIONS,
+    };
+    let fit = Logistic::fit(&train_x, train_y, num_classes, l2, stop);
+    let test_scores = fit.model.scores(&test_x);
+    FixedLinearProbe {
+        l2,
+        test_accuracy: accuracy(&argmax_rows(&test_scores), test_y),
+        test_probabilities: test_scores.softmax(1, Kind::Double),
+        test_scores,
+        iterations: fit.iterations,
+        max_gradient: fit.max_gradient,
+        converged: fit.converged,
     }
 }
 
@@ -715,6 +821,32 @@ fn validation_split(labels: &[i64], fraction: f64, seed: u64) -> (Vec<usize>, Ve
     (fit, validation)
 }
 
+/// When [`Logistic::fit`] stops.
+#[derive(Debug, Clone, Copy)]
+enum Stop {
+    /// After exactly this many steps (the validated probe).
+    Iterations(usize),
+    /// At the first point whose gradient has no entry larger than `tolerance` in absolute value,
+    /// or after `max_iterations` steps.
+    Converged {
+        tolerance: f64,
+        max_iterations: usize,
+    },
+}
+
+/// A fitted [`Logistic`] and how the fit ended.
+#[derive(Debug)]
+struct LogisticFit {
+    model: Logistic,
+    /// Gradient steps taken.
+    iterations: usize,
+    /// Largest absolute entry of the objective's gradient at the returned weights.
+    max_gradient: f64,
+    /// Whether `max_gradient` is within the tolerance of a [`Stop::Converged`] fit (false for
+    /// [`Stop::Iterations`]).
+    converged: bool,
+}
+
 /// Multinomial logistic regression on standardised features (see the module documentation).
 #[derive(Debug)]
 struct Logistic {
@@ -728,8 +860,8 @@ struct Logistic {
 
 impl Logistic {
     /// Fits the model to float64 features `x` (N, D) and `labels` with L2 strength `l2`, running
-    /// `iterations` accelerated gradient steps from zero weights.
-    fn fit(x: &Tensor, labels: &[i64], num_classes: usize, l2: f64, iterations: usize) -> Self {
+    /// accelerated gradient steps from zero weights until `stop`.
+    fn fit(x: &Tensor, labels: &[i64], num_classes: usize, l2: f64, stop: Stop) -> LogisticFit {
         let (mean, std) = standardisation(x);
         let z = with_constant_column(&((x - &mean) / &std), 1.0);
         let targets = one_hot(labels, num_classes);
@@ -748,11 +880,28 @@ impl Logistic {
         let curvature = 0.5 * gram.linalg_eigvalsh("L").max().double_value(&[]) + l2;
         let step = 1.0 / curvature;
 
+        let (max_iterations, tolerance) = match stop {
+            Stop::Iterations(iterations) => (iterations, None),
+            Stop::Converged {
+                tolerance,
+                max_iterations,
+            } => (max_iterations, Some(tolerance)),
+        };
         let mut weights = Tensor::zeros([cols, num_classes as i64], (Kind::Double, Device::Cpu));
         let mut lookahead = weights.shallow_clone();
         let mut momentum = 1.0_f64;
-        for _ in 0..iterations {
+        let mut iterations = 0;
+        let mut converged = false;
+        while iterations < max_iterations {
             let gradient = logistic_gradient(&z, &targets, &lookahead, &penalised, l2);
+            if let Some(tolerance) = tolerance {
+                if gradient.abs().max().double_value(&[]) <= tolerance {
+                    // The point the gradient was taken at is the answer.
+                    weights = lookahead;
+                    converged = true;
+                    break;
+                }
+            }
             let next = &lookahead - &gradient * step;
             let progress = &next - &weights;
             if (&gradient * &progress).sum(Kind::Double).double_value(&[]) > 0.0 {
@@ -765,14 +914,30 @@ impl Logistic {
                 momentum = next_momentum;
             }
             weights = next;
+            iterations += 1;
         }
-        Self { mean, std, weights }
+        let max_gradient = logistic_gradient(&z, &targets, &weights, &penalised, l2)
+            .abs()
+            .max()
+            .double_value(&[]);
+        LogisticFit {
+            model: Self { mean, std, weights },
+            iterations,
+            max_gradient,
+            converged: converged || tolerance.is_some_and(|t| max_gradient <= t),
+        }
     }
 
-    /// Predicted class of every row of float64 features `x` (N, D).
-    fn predict(&self, x: &Tensor) -> Vec<i64> {
+    /// Class scores (logits) of float64 features `x` (N, D), shape (N, C).
+    fn scores(&self, x: &Tensor) -> Tensor {
         let z = with_constant_column(&((x - &self.mean) / &self.std), 1.0);
-        argmax_rows(&z.matmul(&self.weights))
+        z.matmul(&self.weights)
+    }
+
+    /// Predicted class of every row of float64 features `x` (N, D): the argmax of the scores,
+    /// the first class on ties.
+    fn predict(&self, x: &Tensor) -> Vec<i64> {
+        argmax_rows(&self.scores(x))
     }
 }
 
@@ -1090,7 +1255,7 @@ mod tests {
         // With a strong penalty the objective is well conditioned: the gradient must vanish.
         let labels = balanced_labels(30, 3);
         let x = blobs(&labels, 6, 1.0, 9).to_kind(Kind::Double);
-        let model = Logistic::fit(&x, &labels, 3, 0.1, 300);
+        let model = Logistic::fit(&x, &labels, 3, 0.1, Stop::Iterations(300)).model;
         let z = with_constant_column(&((&x - &model.mean) / &model.std), 1.0);
         let penalised = Tensor::from_slice(&[1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]).reshape([7, 1]);
         let gradient = logistic_gradient(&z, &one_hot(&labels, 3), &model.weights, &penalised, 0.1);
@@ -1098,5 +1263,86 @@ mod tests {
             gradient.abs().max().double_value(&[]) < 1e-8,
             "{gradient:?}"
         );
+    }
+
+    #[test]
+    fn fixed_probe_stops_at_the_tolerance() {
+        let train_y = balanced_labels(25, 3);
+        let test_y = balanced_labels(10, 3);
+        let train_x = blobs(&train_y, 6, 0.7, 10).to_kind(Kind::Float);
+        let test_x = blobs(&test_y, 6, 0.7, 11);
+        let fixed = linear_probe_fixed(&train_x, &train_y, &test_x, &test_y, 3, 1e-2);
+        assert!(fixed.converged, "{fixed:?}");
+        assert!(fixed.max_gradient <= FIXED_L2_TOLERANCE, "{fixed:?}");
+        assert!(
+            fixed.iterations > 0 && fixed.iterations < FIXED_L2_MAX_ITERATIONS,
+            "{fixed:?}"
+        );
+        assert_eq!(fixed.test_scores.size(), vec![30, 3]);
+        assert_eq!(fixed.test_scores.kind(), Kind::Double);
+        let rows = fixed
+            .test_probabilities
+            .sum_dim_intlist(1, false, Kind::Double);
+        assert!(max_abs_diff(&rows, &Tensor::ones([30], (Kind::Double, Device::Cpu))) < 1e-12);
+        assert_eq!(
+            accuracy(&argmax_rows(&fixed.test_probabilities), &test_y),
+            fixed.test_accuracy
+        );
+        // Deterministic, bit for bit.
+        let again = linear_probe_fixed(&train_x, &train_y, &test_x, &test_y, 3, 1e-2);
+        assert!(again.test_scores.equal(&fixed.test_scores));
+        assert_eq!(again.iterations, fixed.iterations);
+    }
+
+    #[test]
+    fn a_fit_that_cannot_converge_stops_at_the_cap() {
+        // Separable data without a penalty has no finite optimum: the gradient never vanishes.
+        let labels = balanced_labels(10, 2);
+        let x = one_hot(&labels, 2) * 3.0;
+        let stop = Stop::Converged {
+            tolerance: 1e-12,
+            max_iterations: 50,
+        };
+        let fit = Logistic::fit(&x, &labels, 2, 0.0, stop);
+        assert_eq!(fit.iterations, 50);
+        assert!(!fit.converged);
+        assert!(fit.max_gradient > 1e-12);
+        // A fixed number of steps is never reported as converged.
+        assert!(!Logistic::fit(&x, &labels, 2, 0.1, Stop::Iterations(50)).converged);
+    }
+
+    #[test]
+    fn scored_probe_returns_the_refitted_model_s_test_scores() {
+        let train_y = balanced_labels(20, 4);
+        let test_y = balanced_labels(15, 4);
+        let train_x = blobs(&train_y, 8, 0.5, 12);
+        let test_x = blobs(&test_y, 8, 0.5, 13);
+        let config = LinearProbeConfig {
+            iterations: 100,
+            ..LinearProbeConfig::default()
+        };
+        let (result, scores) =
+            linear_probe_scored(&train_x, &train_y, &test_x, &test_y, 4, &config);
+        assert_eq!(
+            linear_probe(&train_x, &train_y, &test_x, &test_y, 4, &config),
+            result
+        );
+        assert_eq!(scores.size(), vec![60, 4]);
+        assert_eq!(
+            accuracy(&argmax_rows(&scores), &test_y),
+            result.test_accuracy
+        );
+        let metrics = crate::classification::classification_metrics(&scores, &test_y);
+        assert_eq!(metrics.acc1, result.test_accuracy);
+        // The scores are the chosen L2's refit: the same as a refit by hand.
+        let model = Logistic::fit(
+            &train_x.to_kind(Kind::Double),
+            &train_y,
+            4,
+            result.l2,
+            Stop::Iterations(config.iterations),
+        )
+        .model;
+        assert!(model.scores(&test_x.to_kind(Kind::Double)).equal(&scores));
     }
 }

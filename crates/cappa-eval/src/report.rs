@@ -111,6 +111,49 @@ pub struct EvalReport {
     pub seconds: BTreeMap<TimedTask, f64>,
 }
 
+impl EvalReport {
+    /// Every number of the report by a flat name (`few_shot/colour/10shot`,
+    /// `zero_shot/shape`, `i2t/r1`, `captioning_greedy/cider_d`, …), for tables across models.
+    pub fn metrics(&self) -> BTreeMap<String, f64> {
+        let mut m = BTreeMap::new();
+        for (set, results) in &self.few_shot {
+            for r in results {
+                m.insert(format!("few_shot/{set}/{}shot", r.shots), r.mean_accuracy);
+            }
+        }
+        for (set, accuracy) in &self.zero_shot {
+            m.insert(format!("zero_shot/{set}"), *accuracy);
+        }
+        for (set, probe) in &self.linear_probe {
+            m.insert(format!("linear/{set}"), probe.test_accuracy);
+        }
+        if let Some(r) = &self.retrieval {
+            for (prefix, recall) in [("i2t", &r.image_to_text), ("t2i", &r.text_to_image)] {
+                m.insert(format!("{prefix}/r1"), recall.r1);
+                m.insert(format!("{prefix}/r5"), recall.r5);
+                m.insert(format!("{prefix}/r10"), recall.r10);
+            }
+        }
+        for (kind, accuracy) in &self.compositional {
+            m.insert(format!("compositional/{kind}"), *accuracy);
+        }
+        for (name, scores) in [
+            ("captioning_greedy", &self.captioning_greedy),
+            ("captioning_beam", &self.captioning_beam),
+        ] {
+            if let Some(s) = scores {
+                m.insert(format!("{name}/cider_d"), s.cider_d);
+                m.insert(format!("{name}/bleu_4"), s.bleu_4);
+            }
+        }
+        if let Some(t) = &self.transfer {
+            m.insert("transfer/captioning_cider_d".into(), t.captioning.cider_d);
+            m.insert("transfer/vqa_accuracy".into(), t.vqa_accuracy);
+        }
+        m
+    }
+}
+
 /// Times tasks into the report's `seconds`.
 #[derive(Debug, Default)]
 struct Timer {

@@ -95,14 +95,14 @@ pub struct TransferResult {
 }
 
 /// A decoder trained on frozen image tokens.
-struct Trained {
+pub(crate) struct Trained {
     _vs: VarStore,
-    decoder: CapDecoder,
-    final_loss: f64,
+    pub(crate) decoder: CapDecoder,
+    pub(crate) final_loss: f64,
 }
 
 /// Image tokens (N, T, D) of images (N, 3, H, W), on the CPU.
-fn frozen_tokens(encoder: &dyn ImageEncoder, images: &Tensor, batch: i64) -> Tensor {
+pub(crate) fn frozen_tokens(encoder: &dyn ImageEncoder, images: &Tensor, batch: i64) -> Tensor {
     let device = encoder.device();
     batched(images.size()[0], batch, |start, len| {
         encoder.image_tokens(&images.narrow(0, start, len).to_device(device))
@@ -145,14 +145,14 @@ fn sequences(
 }
 
 /// The question followed by the answer mark, without EOS.
-fn prefix_tokens(tokenizer: &Tokenizer, question: &str, seq_len: usize) -> Vec<i64> {
+pub(crate) fn prefix_tokens(tokenizer: &Tokenizer, question: &str, seq_len: usize) -> Vec<i64> {
     let ids = tokenizer.encode(&format!("{question}{ANSWER_MARK}"), seq_len);
     ids.into_iter()
         .take_while(|&id| id != tokenizer.eos_id() && id != tokenizer.pad_id())
         .collect()
 }
 
-fn train_decoder(
+pub(crate) fn train_decoder(
     tokens: &Tensor,
     tokenizer: &Tokenizer,
     examples: &[TextExample],
@@ -205,7 +205,7 @@ fn train_decoder(
 }
 
 /// Greedy answer after a question prefix, one example at a time (prefixes differ in length).
-fn answer(
+pub(crate) fn answer(
     decoder: &CapDecoder,
     memory: &Tensor,
     prefix: &[i64],

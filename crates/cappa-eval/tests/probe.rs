@@ -1,8 +1,11 @@
-//! Few-shot ridge regression against scikit-learn (fixture from `scripts/make_probe_fixture.py`)
-//! and feature files for `cappa probe`.
+//! Few-shot ridge regression (fixture from `scripts/make_probe_fixture.py`) and the fixed-L2
+//! linear probe (fixture from `scripts/make_linear_probe_fixture.py`) against scikit-learn, and
+//! feature files for `cappa probe`.
 
+use cappa_eval::classification::classification_metrics;
 use cappa_eval::probe::{
-    load_features, ridge_accuracy, ridge_fit, ProbeError, BIAS_CONSTANT, FEW_SHOT_L2, STD_EPSILON,
+    linear_probe_fixed, load_features, ridge_accuracy, ridge_fit, ProbeError, BIAS_CONSTANT,
+    FEW_SHOT_L2, FIXED_L2_MAX_ITERATIONS, STD_EPSILON,
 };
 use serde::Deserialize;
 use tch::{Kind, Tensor};
@@ -115,6 +118,64 @@ fn ridge_matches_scikit_learn() {
         saw_primal && saw_dual,
         "the fixture must exercise both ridge forms"
     );
+}
+
+#[derive(Deserialize)]
+struct LogisticFixture {
+    std_epsilon: f64,
+    num_classes: usize,
+    train_features: Vec<Vec<f64>>,
+    train_labels: Vec<i64>,
+    test_features: Vec<Vec<f64>>,
+    test_labels: Vec<i64>,
+    cases: Vec<LogisticCase>,
+}
+
+#[derive(Deserialize)]
+struct LogisticCase {
+    l2: f64,
+    /// scikit-learn's `predict_proba`, (M, C).
+    test_probabilities: Vec<Vec<f64>>,
+    predictions: Vec<i64>,
+    accuracy: f64,
+}
+
+#[test]
+fn linear_probe_fixed_matches_scikit_learn() {
+    let fixture: LogisticFixture =
+        serde_json::from_str(include_str!("fixtures/linear_probe_l2.json")).unwrap();
+    assert_eq!(fixture.std_epsilon, STD_EPSILON);
+    let train_x = matrix(&fixture.train_features);
+    let test_x = matrix(&fixture.test_features);
+    assert_eq!(fixture.cases.len(), 3);
+    for case in &fixture.cases {
+        let fixed = linear_probe_fixed(
+            &train_x,
+            &fixture.train_labels,
+            &test_x,
+            &fixture.test_labels,
+            fixture.num_classes,
+            case.l2,
+        );
+        assert!(
+            fixed.converged && fixed.iterations < FIXED_L2_MAX_ITERATIONS,
+            "l2 {}: {fixed:?}",
+            case.l2
+        );
+        let difference = max_abs_diff(&fixed.test_probabilities, &matrix(&case.test_probabilities));
+        assert!(
+            difference <= 1e-4,
+            "l2 {}: test probabilities differ from scikit-learn's by {difference:e} after {} \
+             iterations",
+            case.l2,
+            fixed.iterations
+        );
+        assert_eq!(fixed.test_accuracy, case.accuracy, "l2 {}", case.l2);
+        let predictions = Vec::<i64>::try_from(fixed.test_scores.argmax(1, false)).unwrap();
+        assert_eq!(predictions, case.predictions, "l2 {}", case.l2);
+        let metrics = classification_metrics(&fixed.test_scores, &fixture.test_labels);
+        assert_eq!(metrics.acc1, case.accuracy, "l2 {}", case.l2);
+    }
 }
 
 fn example_arrays() -> Vec<(&'static str, Tensor)> {

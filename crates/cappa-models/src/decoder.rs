@@ -9,6 +9,10 @@
 //! Incremental decoding keeps, per layer, the self-attention keys/values of the tokens so far
 //! and the cross-attention keys/values of the image, computed once ([`KvCache`]).
 //!
+//! Scoring many candidates per image ([`CapDecoder::score`]) uses that cache: the inputs that
+//! every candidate shares (BOS and the common prompt prefix) are decoded once per image, the
+//! candidates' own tokens after them, and only up to the longest candidate.
+//!
 //! Dimension letters: B batch, C candidates per image, L tokens, N image tokens, V vocabulary,
 //! D width, H heads, K head size.
 
@@ -178,11 +182,31 @@ impl DecoderBlock {
         train: bool,
     ) -> Tensor {
         let x = x + dropout(self.self_attn.output(heads), self.dropout, train);
-        let cross = self
-            .cross_attn
-            .forward_with_kv(&x.apply(&self.ln_2), &memory.0, &memory.1);
+        let cross = self.cross_attend(&x.apply(&self.ln_2), memory);
         let x = &x + dropout(cross, self.dropout, train);
         &x + dropout(x.apply(&self.ln_3).apply(&self.mlp), self.dropout, train)
+    }
+
+    /// Cross-attention of `x` (B·G, T, D) to the memory keys/values (B, H, N, K) of B images,
+    /// G consecutive rows per image (G = 1 normally; the candidates of one image when
+    /// scoring). Queries do not interact in cross-attention, so an image's G rows are attended
+    /// as one sequence of G·T queries instead of copying its keys/values G times.
+    fn cross_attend(&self, x: &Tensor, memory: &(Tensor, Tensor)) -> Tensor {
+        let (rows, len, width) = x.size3().expect("decoder activations must be (B, T, D)");
+        let images = memory.0.size()[0];
+        if rows == images {
+            return self.cross_attn.forward_with_kv(x, &memory.0, &memory.1);
+        }
+        assert!(
+            images > 0 && rows % images == 0,
+            "decoder rows {:?} are not a whole number of rows per image of the memory {:?}",
+            x.size(),
+            memory.0.size()
+        );
+        let grouped = x.reshape([images, rows / images * len, width]); // (B, G·T, D)
+        self.cross_attn
+            .forward_with_kv(&grouped, &memory.0, &memory.1)
+            .reshape([rows, len, width]) // (B·G, T, D)
     }
 }
 
@@ -192,6 +216,9 @@ impl DecoderBlock {
 pub struct KvCache {
     layers: Vec<LayerCache>,
     len: i64,
+    /// Token rows per memory row: 1, except in [`CapDecoder::score`], where each image's
+    /// keys/values serve all of its candidates' rows (see [`KvCache::share_image`]).
+    rows_per_image: i64,
 }
 
 #[derive(Debug)]
@@ -213,7 +240,14 @@ impl KvCache {
 
     /// Keeps batch rows `index` (B') in that order, e.g. the surviving beams.
     pub fn reorder(&mut self, index: &Tensor) {
+        let times = std::mem::replace(&mut self.rows_per_image, 1);
         for layer in &mut self.layers {
+            if times > 1 {
+                layer.memory = (
+                    repeat_rows(&layer.memory.0, times),
+                    repeat_rows(&layer.memory.1, times),
+                );
+            }
             layer.keys = layer.keys.as_ref().map(|t| t.index_select(0, index));
             layer.values = layer.values.as_ref().map(|t| t.index_select(0, index));
             layer.memory = (
@@ -221,6 +255,17 @@ impl KvCache {
                 layer.memory.1.index_select(0, index),
             );
         }
+    }
+
+    /// Gives every row `times` consecutive copies (B -> B·times) that continue from the same
+    /// tokens so far, as [`KvCache::reorder`] with each index repeated would, except that the
+    /// image keys/values are not copied: the copies of a row share its image's.
+    fn share_image(&mut self, times: i64) {
+        for layer in &mut self.layers {
+            layer.keys = layer.keys.as_ref().map(|t| repeat_rows(t, times));
+            layer.values = layer.values.as_ref().map(|t| repeat_rows(t, times));
+        }
+        self.rows_per_image *= times;
     }
 }
 
@@ -405,6 +450,7 @@ impl CapDecoder {
                 })
                 .collect(),
             len: 0,
+            rows_per_image: 1,
         }
     }
 
@@ -600,19 +646,66 @@ impl CapDecoder {
     }
 
     /// Summed log-likelihood of candidate captions: image tokens (B, N, E) and candidates
-    /// (B, C, L) or (C, L) shared by all images; returns (B, C). Padding is not scored; the
-    /// image's keys/values are computed once and shared by its candidates.
+    /// (B, C, L) or (C, L) shared by all images; returns (B, C). Teacher forcing on the
+    /// candidates shifted right ([`shift_right`]); pad targets are not scored, EOS is.
+    ///
+    /// The fast path, equal to [`CapDecoder::score_uncached`] up to float rounding:
+    /// - Only the first [`CapDecoder::scored_len`] positions are decoded: later ones are pad in
+    ///   every candidate, score nothing, and under causal self-attention (the only mode used
+    ///   here) cannot change earlier positions. Cross-attention and the MLP act per position.
+    ///   (Parallel decoding is not causal and could not be cut so.)
+    /// - The inputs every candidate shares — BOS and the common prefix of
+    ///   [`CapDecoder::shared_prefix_len`] = P tokens, input positions 0..=P (at most L') —
+    ///   are decoded once per image (B rows) into a [`KvCache`]; the candidates' remaining
+    ///   inputs continue from it ([`CapDecoder::step`], positions offset by P + 1): B·C rows
+    ///   of L' − P − 1 tokens instead of L. The shared positions' logits score each
+    ///   candidate's first P + 1 targets (the prefix and the token after it).
+    /// - Each image's cross-attention keys/values serve its C rows without being copied.
     pub fn score(&self, image_tokens: &Tensor, candidates: &Tensor) -> Tensor {
-        let b = image_tokens.size()[0];
-        let candidates = match candidates.dim() {
-            2 => candidates.unsqueeze(0).expand([b, -1, -1], false),
-            3 => candidates.shallow_clone(),
-            _ => panic!(
-                "candidates must be (C, L) or (B, C, L), got {:?}",
-                candidates.size()
-            ),
-        };
-        let (_, c, len) = candidates.size3().expect("(B, C, L)");
+        let targets = self.candidates_per_image(image_tokens, candidates); // (B, C, L)
+        let (b, c, _) = targets.size3().expect("(B, C, L)");
+        let device = targets.device();
+        let len = self.scored_len(&targets);
+        if len == 0 {
+            return Tensor::zeros([b, c], (Kind::Float, device));
+        }
+        let targets = targets.narrow(2, 0, len); // (B, C, L')
+        let rows = targets.reshape([b * c, len]); // (B·C, L')
+        let inputs = shift_right(&rows, self.config.bos_id); // (B·C, L')
+                                                             // Input positions 0..=P (BOS, then the prefix) are the same in every row.
+        let shared = (self.shared_prefix_len(&targets) + 1).min(len);
+        let mut cache = self.start(image_tokens);
+        let head = self.step(
+            &mut cache,
+            &inputs
+                .narrow(0, 0, 1)
+                .narrow(1, 0, shared)
+                .expand([b, shared], false),
+        ); // (B, S, V)
+        let scores = summed_log_likelihood(
+            &head.unsqueeze(1), // (B, 1, S, V): the same for every candidate
+            &targets.narrow(2, 0, shared),
+            self.config.pad_id,
+        ); // (B, C)
+        if shared == len {
+            return scores;
+        }
+        cache.share_image(c);
+        let tail = self.step(&mut cache, &inputs.narrow(1, shared, len - shared)); // (B·C, T, V)
+        let tail_scores = summed_log_likelihood(
+            &tail,
+            &rows.narrow(1, shared, len - shared),
+            self.config.pad_id,
+        ); // (B·C)
+        scores + tail_scores.view([b, c])
+    }
+
+    /// [`CapDecoder::score`] the direct way, the reference it is tested and benchmarked
+    /// against: every candidate is decoded over all L positions, with the image keys/values
+    /// copied to each of its rows.
+    pub fn score_uncached(&self, image_tokens: &Tensor, candidates: &Tensor) -> Tensor {
+        let candidates = self.candidates_per_image(image_tokens, candidates);
+        let (b, c, len) = candidates.size3().expect("(B, C, L)");
         let targets = candidates.reshape([b * c, len]); // (B·C, L)
         let memory: Vec<(Tensor, Tensor)> = self
             .memory(image_tokens)
@@ -629,6 +722,78 @@ impl CapDecoder {
             .sum_dim_intlist(1, false, Kind::Float)
             .view([b, c])
     }
+
+    /// Candidates (C, L) or (B, C, L) as (B, C, L) for image tokens (B, N, E).
+    fn candidates_per_image(&self, image_tokens: &Tensor, candidates: &Tensor) -> Tensor {
+        let b = image_tokens.size()[0];
+        match candidates.dim() {
+            2 => candidates.unsqueeze(0).expand([b, -1, -1], false),
+            3 => {
+                assert_eq!(
+                    candidates.size()[0],
+                    b,
+                    "candidates {:?} must have one row per image of {:?}",
+                    candidates.size(),
+                    image_tokens.size()
+                );
+                candidates.shallow_clone()
+            }
+            _ => panic!(
+                "candidates must be (C, L) or (B, C, L), got {:?}",
+                candidates.size()
+            ),
+        }
+    }
+
+    /// Positions that [`CapDecoder::score`] decodes for candidates (…, L): up to and including
+    /// the last non-pad token of the longest candidate (0 when all are padding).
+    pub fn scored_len(&self, candidates: &Tensor) -> i64 {
+        let len = candidates.size().last().copied().unwrap_or(0);
+        if candidates.numel() == 0 {
+            return 0;
+        }
+        let positions = Tensor::arange_start(1, len + 1, (Kind::Int64, candidates.device()));
+        (candidates.ne(self.config.pad_id).to_kind(Kind::Int64) * positions)
+            .max()
+            .int64_value(&[])
+    }
+
+    /// Length P of the longest prefix of non-pad tokens that all candidates (…, L) share (0
+    /// for none or no candidates).
+    pub fn shared_prefix_len(&self, candidates: &Tensor) -> i64 {
+        let len = candidates.size().last().copied().unwrap_or(0);
+        if candidates.numel() == 0 {
+            return 0;
+        }
+        let rows = candidates.reshape([-1, len]); // (R, L)
+        let first = rows.get(0); // (L)
+        let common = rows
+            .eq_tensor(&first.unsqueeze(0))
+            .all_dim(0, false)
+            .logical_and(&first.ne(self.config.pad_id)); // (L)
+                                                         // The leading run of `true`s.
+        common
+            .to_kind(Kind::Int64)
+            .cumprod(0, Kind::Int64)
+            .sum(Kind::Int64)
+            .int64_value(&[])
+    }
+}
+
+/// Summed log-probability of the non-pad `targets` (…, T) under `logits` (…, T, V) whose
+/// leading dimensions broadcast to the targets', in float32: (…). As `log_softmax` then
+/// `gather`, without materialising the log-softmax or the broadcast logits.
+fn summed_log_likelihood(logits: &Tensor, targets: &Tensor, pad_id: i64) -> Tensor {
+    let logits = logits.to_kind(Kind::Float);
+    let v = logits.size().last().copied().expect("logits end in V");
+    let shape: Vec<i64> = targets.size().into_iter().chain([v]).collect();
+    let picked = logits
+        .expand(&shape, false)
+        .gather(-1, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1); // (…, T)
+    let token_logp = picked - logits.logsumexp([-1], false); // (…, T), broadcast
+    let keep = targets.ne(pad_id).to_kind(Kind::Float);
+    (token_logp * keep).sum_dim_intlist(-1, false, Kind::Float)
 }
 
 /// Repeats each row of (B, …) `times` times, consecutively: (B·times, …).

@@ -1,5 +1,5 @@
-//! Evaluating a trainer checkpoint on the scene world's held-out split: what `cappa eval`
-//! and the experiments share.
+//! Evaluating a trainer checkpoint on the scene world's held-out split and on evaluation
+//! suites of real benchmarks: what `cappa eval` and the experiments share.
 
 use std::path::{Path, PathBuf};
 
@@ -7,9 +7,12 @@ use anyhow::{Context, Result};
 use cappa_data::pipeline::Normalize;
 use cappa_data::scene::{SceneConfig, SceneWorld};
 use cappa_data::tokenizer::Tokenizer;
+use cappa_eval::benchmarks::{self, BenchmarkReport, BenchmarkResults, Opened, SuiteReport};
+use cappa_eval::images::{peak_rss_bytes, FeatureCache};
 use cappa_eval::model::Evaluable;
 use cappa_eval::report::{evaluate_scene, EvalOptions, EvalReport};
 use cappa_eval::scene::{SceneEvalSet, SceneEvalSizes};
+use cappa_eval::suite::Suite;
 use cappa_eval::tasks::MAX_LIKELIHOOD_RETRIEVAL_PAIRS;
 use cappa_eval::transfer::{TransferConfig, MIN_TRANSFER_SEQ_LEN};
 use cappa_models::Model;
@@ -203,5 +206,95 @@ impl LoadedCheckpoint {
             &set,
             &options,
         ))
+    }
+}
+
+/// A suite resolved, filtered and opened: every path checked and every annotation file read,
+/// before any model work.
+#[derive(Debug)]
+pub struct OpenedSuite {
+    pub name: String,
+    pub benchmarks: Vec<Opened>,
+}
+
+impl OpenedSuite {
+    /// Resolves `suite` (a built-in name or a file), keeps the benchmarks in `only` (all when
+    /// empty), checks every path and opens every benchmark.
+    pub fn open(suite: &str, only: &[String]) -> Result<Self> {
+        let suite = Suite::resolve(suite)?.select(only)?;
+        suite.check()?;
+        let benchmarks = suite
+            .benchmarks
+            .iter()
+            .map(benchmarks::open)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(OpenedSuite {
+            name: suite.name,
+            benchmarks,
+        })
+    }
+}
+
+/// Where `cappa eval` caches benchmark features by default: `CHECKPOINT/feature-cache`.
+pub const FEATURE_CACHE_DIR: &str = "feature-cache";
+
+impl LoadedCheckpoint {
+    /// A feature cache in `dir` keyed by this checkpoint's weights.
+    pub fn feature_cache(&self, dir: &Path) -> Result<FeatureCache> {
+        let weights = self.dir.join(cappa_models::checkpoint::WEIGHTS_FILE);
+        let digest = cappa_io::FileDigest::of(&weights)?;
+        Ok(FeatureCache {
+            dir: dir.to_path_buf(),
+            model: digest.xxh3,
+        })
+    }
+
+    /// Every benchmark of `suite`: the scene world's with `plan`, the others from disk,
+    /// their features cached in `cache` when given.
+    pub fn evaluate_suite(
+        &self,
+        suite: &OpenedSuite,
+        plan: &EvalPlan,
+        cache: Option<&Path>,
+    ) -> Result<SuiteReport> {
+        let with = &self.trained_with;
+        let mut context = benchmarks::Context::new(
+            self.evaluable(),
+            &self.tokenizer,
+            with.seq_len,
+            with.normalize,
+        );
+        context.cache = cache.map(|dir| self.feature_cache(dir)).transpose()?;
+        let mut reports = Vec::new();
+        for opened in &suite.benchmarks {
+            let report = if opened.is_scene() {
+                let started = std::time::Instant::now();
+                let scene = self.evaluate_scene(plan)?;
+                BenchmarkReport {
+                    name: opened.benchmark.name.clone(),
+                    splits: Default::default(),
+                    results: BenchmarkResults::Scene(Box::new(scene)),
+                    seconds: started.elapsed().as_secs_f64(),
+                }
+            } else {
+                benchmarks::run(&context, opened)?
+            };
+            reports.push(report);
+        }
+        Ok(SuiteReport {
+            suite: suite.name.clone(),
+            model_kind: self.evaluable().kind(),
+            benchmarks: reports,
+            peak_rss_bytes: peak_rss_bytes(),
+        })
+    }
+}
+
+impl OpenedSuite {
+    /// The suite's benchmarks as JSON: what decides its results (for reusing them).
+    pub fn definition(&self) -> Value {
+        let benchmarks: Vec<&cappa_eval::suite::Benchmark> =
+            self.benchmarks.iter().map(|b| &b.benchmark).collect();
+        serde_json::json!({ "name": self.name, "benchmarks": benchmarks })
     }
 }

@@ -262,3 +262,82 @@ fn metrics_and_probes_work_on_files() {
         serde_json::from_slice(&std::fs::read(&out_json).unwrap()).unwrap();
     assert_eq!(probe["test_accuracy"], 1.0);
 }
+
+fn cappa_status(args: &[&str], paths: &[&Path]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cappa"));
+    command.args(["--threads", "1"]).args(args);
+    for path in paths {
+        command.arg(path);
+    }
+    command
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .expect("cappa starts")
+}
+
+#[test]
+fn a_suite_of_real_benchmarks_from_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    // A missing path is named before any checkpoint is read (there is none here).
+    let suite = dir.path().join("suite.json");
+    std::fs::write(
+        &suite,
+        r#"{"name": "mine", "benchmarks": [{"name": "shapes", "task": "classification",
+            "data": {"format": "image_folder", "test": "val", "train": "train"},
+            "few_shot": {"shots": [1, 2], "seeds": 1}, "linear": {"l2": 0.001}}]}"#,
+    )
+    .unwrap();
+    let missing = cappa_status(
+        &["eval", "--suite", suite.to_str().unwrap()],
+        &[&dir.path().join("no-checkpoint")],
+    );
+    assert!(!missing.status.success());
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        stderr.contains("data.test") && stderr.contains("val"),
+        "{stderr}"
+    );
+
+    // ImageFolder splits of solid colours.
+    for (split, count) in [("val", 3), ("train", 4)] {
+        for (name, colour) in [("red", [230u8, 20, 20]), ("blue", [20, 20, 230])] {
+            let class = dir.path().join(split).join(name);
+            std::fs::create_dir_all(&class).unwrap();
+            for k in 0..count {
+                let shade = 10 * k as u8;
+                let pixel = image::Rgb([
+                    colour[0].saturating_sub(shade),
+                    colour[1] + shade,
+                    colour[2],
+                ]);
+                image::RgbImage::from_pixel(40, 30, pixel)
+                    .save(class.join(format!("{k}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let checkpoint = train_tiny(&dir.path().join("run"), "clip");
+    let out = dir.path().join("suite-eval");
+    let args = ["eval", "--suite", suite.to_str().unwrap(), "--out"];
+    let printed = cappa(&args, &[&out, &checkpoint]);
+    let report = results(&out);
+    let shapes = &report["benchmarks"][0];
+    assert_eq!(shapes["name"], "shapes");
+    let results = &shapes["results"];
+    assert_eq!(results["task"], "classification");
+    assert_eq!(results["test_images"], 6);
+    assert!(in_unit(&results["zero_shot"]["acc1"]));
+    assert!(in_unit(
+        &results["linear"]["metrics"]["mean_per_class_recall"]
+    ));
+    assert_eq!(results["few_shot"].as_array().unwrap().len(), 2);
+    assert!(out.join("report.md").exists() && out.join("shapes.json").exists());
+    assert!(String::from_utf8_lossy(&printed.stdout).contains("zero_shot/acc1"));
+    // The rerun reads its features from the cache and gives the same numbers.
+    let cache = checkpoint.join("feature-cache");
+    assert!(std::fs::read_dir(&cache).unwrap().count() >= 2);
+    let again = dir.path().join("again");
+    let rerun = cappa(&args, &[&again, &checkpoint]);
+    assert!(String::from_utf8_lossy(&rerun.stderr).contains("feature cache"));
+    assert_eq!(results, &crate::results(&again)["benchmarks"][0]["results"]);
+}

@@ -1,5 +1,6 @@
 //! ImageFolder trees (`root/CLASS_NAME/*.jpg`), as torchvision reads them: class names are the
-//! sub-directory names, sorted, and a label is the index of its class.
+//! sub-directory names, sorted, and a label is the index of its class. Display names for the
+//! classes may come from a separate file ([`read_class_names`]).
 
 use std::path::{Path, PathBuf};
 
@@ -80,6 +81,55 @@ impl ImageFolder {
     pub fn samples(&self) -> FileSamples {
         FileSamples::new(self.records.clone())
     }
+
+    /// The class folders that hold no image, sorted.
+    pub fn empty_classes(&self) -> Vec<String> {
+        let mut used = vec![false; self.classes.len()];
+        for record in &self.records {
+            if let Some(seen) = record.meta["label"]
+                .as_u64()
+                .and_then(|label| used.get_mut(label as usize))
+            {
+                *seen = true;
+            }
+        }
+        self.classes
+            .iter()
+            .zip(used)
+            .filter(|(_, used)| !used)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+}
+
+/// Reads display names for the classes of an ImageFolder tree: one per line, trimmed, blank
+/// lines dropped; line k names the class of label k. A count other than `expected` is a
+/// [`DataError::Format`] naming the file.
+pub fn read_class_names(path: &Path, expected: usize) -> Result<Vec<String>, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            DataError::format(path, "not UTF-8 text")
+        } else {
+            DataError::io(path, e)
+        }
+    })?;
+    let names: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if names.len() != expected {
+        return Err(DataError::format(
+            path,
+            format!(
+                "{} names for {expected} classes; one line per class folder, in sorted folder \
+                 order",
+                names.len()
+            ),
+        ));
+    }
+    Ok(names)
 }
 
 fn is_image(path: &Path) -> bool {
@@ -147,5 +197,44 @@ mod tests {
             ImageFolder::open(&empty.path().join("no")),
             Err(DataError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn readers_image_folder_empty_classes_and_class_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = png_bytes();
+        write(dir.path(), "b_dog/1.png", &png);
+        write(dir.path(), "d_fish/1.png", &png);
+        write(dir.path(), "c_empty/readme.txt", b"no image here");
+        std::fs::create_dir(dir.path().join("a_empty")).unwrap();
+        let folder = ImageFolder::open(dir.path()).unwrap();
+        assert_eq!(folder.empty_classes(), ["a_empty", "c_empty"]);
+        write(dir.path(), "a_empty/x.jpg", &png);
+        write(dir.path(), "c_empty/y.webp", &png);
+        assert!(ImageFolder::open(dir.path())
+            .unwrap()
+            .empty_classes()
+            .is_empty());
+
+        let names = write(
+            dir.path(),
+            "names.txt",
+            b"  nothing \n\ndog\r\nempty\n\t\ngoldfish\n",
+        );
+        assert_eq!(
+            read_class_names(&names, 4).unwrap(),
+            ["nothing", "dog", "empty", "goldfish"]
+        );
+        let err = read_class_names(&names, 5).unwrap_err();
+        let message = err.to_string();
+        assert!(matches!(err, DataError::Format { .. }), "{message}");
+        assert!(
+            message.contains("names.txt")
+                && message.contains("4 names for 5 classes")
+                && message.contains("sorted folder order"),
+            "{message}"
+        );
+        let err = read_class_names(&dir.path().join("none.txt"), 4).unwrap_err();
+        assert!(matches!(err, DataError::Io { .. }), "{err}");
     }
 }

@@ -1,6 +1,6 @@
 //! Readers for the datasets users already have: webdataset/img2dataset tar shards, CSV/TSV
-//! tables, COCO captions, Karpathy splits, ImageFolder trees, SugarCrepe/ARO compositional
-//! benchmarks and VQA v2.
+//! tables, COCO captions, Karpathy splits, ImageFolder trees, CLIP_benchmark's webdataset
+//! layout, SugarCrepe/ARO compositional benchmarks and VQA v2.
 //!
 //! Readers deliver images still encoded ([`ImageData::Encoded`]); decoding, and the skip
 //! reasons that come with it, belong to the image pipeline. Problems with one sample become a
@@ -21,6 +21,7 @@
 //! # Ok::<(), cappa_data::error::DataError>(())
 //! ```
 
+mod clip_benchmark;
 mod coco;
 mod compositional;
 mod csv_tsv;
@@ -40,14 +41,15 @@ use serde::{Deserialize, Serialize};
 use crate::error::DataError;
 use crate::{BadSample, ImageData, Sample, SkipCounts, SkipReason};
 
+pub use clip_benchmark::{ClipBenchmark, ClipBenchmarkKind};
 pub use coco::read_coco;
 pub use compositional::{read_aro, read_sugarcrepe, CompositionalItem};
-pub use csv_tsv::{read_csv, CsvConfig};
-pub use image_folder::{ImageFolder, IMAGE_EXTENSIONS};
+pub use csv_tsv::{read_csv, read_labelled_csv, CsvConfig};
+pub use image_folder::{read_class_names, ImageFolder, IMAGE_EXTENSIONS};
 pub use karpathy::{read_karpathy, KarpathySplit, Restval};
 pub use paths::expand_paths;
 pub use vqa::{coco_image_file_name, normalize_vqa_answer, read_vqa, vqa_accuracy, VqaItem};
-pub use webdataset::{ShardSamples, WebDataset};
+pub use webdataset::{ShardSamples, TextMembers, WebDataset};
 
 /// How many samples a reader has produced, and how many of them were skipped and why.
 ///

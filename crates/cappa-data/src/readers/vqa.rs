@@ -1,6 +1,8 @@
 //! VQA v2: questions (`questions[{image_id, question, question_id}]`), annotations
 //! (`annotations[{question_id, answers[{answer}], multiple_choice_answer}]`) and the accuracy
-//! metric.
+//! metric with its answer normalisation, as the official evaluation computes them
+//! (github.com/GT-Vision-Lab/VQA, `PythonEvaluationTools/vqaEvaluation/vqaEval.py`, master of
+//! 2021-03-11).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -99,49 +101,265 @@ pub fn coco_image_file_name(prefix: &str, image_id: u64) -> String {
     format!("{prefix}{image_id:012}.jpg")
 }
 
-/// A light version of the official VQA answer normalisation: lower-case; punctuation removed
-/// (a `.` between digits and `'` are kept, `,` between digits is dropped without a space);
-/// number words `zero`..`ten` become digits; articles `a`, `an`, `the` are dropped; white space
-/// collapsed. The official contraction table is not applied.
-pub fn normalize_vqa_answer(answer: &str) -> String {
-    let lower = answer.to_lowercase();
-    let chars: Vec<char> = lower.chars().collect();
-    let mut cleaned = String::with_capacity(lower.len());
+/// Characters that `processPunctuation` removes or replaces by a space.
+const PUNCTUATION: [char; 21] = [
+    ';', '/', '[', ']', '"', '{', '}', '(', ')', '=', '+', '\\', '_', '-', '>', '<', '@', '`', ',',
+    '?', '!',
+];
+
+/// Number words that `processDigitArticle` writes as digits (`manualMap`).
+const NUMBER_WORDS: [(&str, &str); 12] = [
+    ("none", "0"),
+    ("zero", "0"),
+    ("one", "1"),
+    ("two", "2"),
+    ("three", "3"),
+    ("four", "4"),
+    ("five", "5"),
+    ("six", "6"),
+    ("seven", "7"),
+    ("eight", "8"),
+    ("nine", "9"),
+    ("ten", "10"),
+];
+
+/// The official `contractions` table, all 120 entries, sorted by key for binary search. (The
+/// capitalised keys can never match: words are lower-cased first, as in the official script.)
+const CONTRACTIONS: [(&str, &str); 120] = [
+    ("'ow'sat", "'ow's'at"),
+    ("'ows'at", "'ow's'at"),
+    ("I'dve", "I'd've"),
+    ("Id've", "I'd've"),
+    ("Im", "I'm"),
+    ("Ive", "I've"),
+    ("aint", "ain't"),
+    ("arent", "aren't"),
+    ("cant", "can't"),
+    ("couldn'tve", "couldn't've"),
+    ("couldnt", "couldn't"),
+    ("couldnt've", "couldn't've"),
+    ("couldve", "could've"),
+    ("didnt", "didn't"),
+    ("doesnt", "doesn't"),
+    ("dont", "don't"),
+    ("hadn'tve", "hadn't've"),
+    ("hadnt", "hadn't"),
+    ("hadnt've", "hadn't've"),
+    ("hasnt", "hasn't"),
+    ("havent", "haven't"),
+    ("he'dve", "he'd've"),
+    ("hed", "he'd"),
+    ("hed've", "he'd've"),
+    ("hes", "he's"),
+    ("howd", "how'd"),
+    ("howll", "how'll"),
+    ("hows", "how's"),
+    ("isnt", "isn't"),
+    ("it'dve", "it'd've"),
+    ("itd", "it'd"),
+    ("itd've", "it'd've"),
+    ("itll", "it'll"),
+    ("let's", "let's"),
+    ("maam", "ma'am"),
+    ("mightn'tve", "mightn't've"),
+    ("mightnt", "mightn't"),
+    ("mightnt've", "mightn't've"),
+    ("mightve", "might've"),
+    ("mustnt", "mustn't"),
+    ("mustve", "must've"),
+    ("neednt", "needn't"),
+    ("notve", "not've"),
+    ("oclock", "o'clock"),
+    ("oughtnt", "oughtn't"),
+    ("ow's'at", "'ow's'at"),
+    ("shant", "shan't"),
+    ("she'dve", "she'd've"),
+    ("she's", "she's"),
+    ("shed've", "she'd've"),
+    ("shouldn'tve", "shouldn't've"),
+    ("shouldnt", "shouldn't"),
+    ("shouldnt've", "shouldn't've"),
+    ("shouldve", "should've"),
+    ("somebody'd", "somebodyd"),
+    ("somebody'dve", "somebody'd've"),
+    ("somebodyd've", "somebody'd've"),
+    ("somebodyll", "somebody'll"),
+    ("somebodys", "somebody's"),
+    ("someone'dve", "someone'd've"),
+    ("someoned", "someone'd"),
+    ("someoned've", "someone'd've"),
+    ("someonell", "someone'll"),
+    ("someones", "someone's"),
+    ("something'dve", "something'd've"),
+    ("somethingd", "something'd"),
+    ("somethingd've", "something'd've"),
+    ("somethingll", "something'll"),
+    ("thats", "that's"),
+    ("there'dve", "there'd've"),
+    ("thered", "there'd"),
+    ("thered've", "there'd've"),
+    ("therere", "there're"),
+    ("theres", "there's"),
+    ("they'dve", "they'd've"),
+    ("theyd", "they'd"),
+    ("theyd've", "they'd've"),
+    ("theyll", "they'll"),
+    ("theyre", "they're"),
+    ("theyve", "they've"),
+    ("twas", "'twas"),
+    ("wasnt", "wasn't"),
+    ("we'dve", "we'd've"),
+    ("wed've", "we'd've"),
+    ("werent", "weren't"),
+    ("weve", "we've"),
+    ("whatll", "what'll"),
+    ("whatre", "what're"),
+    ("whats", "what's"),
+    ("whatve", "what've"),
+    ("whens", "when's"),
+    ("whered", "where'd"),
+    ("wheres", "where's"),
+    ("whereve", "where've"),
+    ("who'dve", "who'd've"),
+    ("whod", "who'd"),
+    ("whod've", "who'd've"),
+    ("wholl", "who'll"),
+    ("whos", "who's"),
+    ("whove", "who've"),
+    ("whyll", "why'll"),
+    ("whyre", "why're"),
+    ("whys", "why's"),
+    ("wont", "won't"),
+    ("wouldn'tve", "wouldn't've"),
+    ("wouldnt", "wouldn't"),
+    ("wouldnt've", "wouldn't've"),
+    ("wouldve", "would've"),
+    ("y'all'dve", "y'all'd've"),
+    ("y'alld've", "y'all'd've"),
+    ("y'allll", "y'all'll"),
+    ("yall", "y'all"),
+    ("yall'd've", "y'all'd've"),
+    ("yall'll", "y'all'll"),
+    ("you'dve", "you'd've"),
+    ("youd", "you'd"),
+    ("youd've", "you'd've"),
+    ("youll", "you'll"),
+    ("youre", "you're"),
+    ("youve", "you've"),
+];
+
+/// White space as Python's `str.split()` and `str.strip()` see it: Unicode white space plus
+/// the ASCII separators U+001C..U+001F.
+fn is_python_space(c: char) -> bool {
+    c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
+}
+
+/// `answer.replace('\n', ' ').replace('\t', ' ').strip()`, done to every answer first.
+fn strip_answer(answer: &str) -> String {
+    answer
+        .replace(['\n', '\t'], " ")
+        .trim_matches(is_python_space)
+        .to_owned()
+}
+
+/// The official `processPunctuation`. Each punctuation character is removed when it touches a
+/// space somewhere in the text (`p + ' '` or `' ' + p`) or when the text holds a comma between
+/// digits anywhere, and replaced by a space otherwise. Then the first 32 periods not followed
+/// by a digit are removed (the official `periodStrip.sub("", text, re.UNICODE)` passes
+/// `re.UNICODE`, 32, as the count). Digits are ASCII digits, as in the Python 2 script.
+fn process_punctuation(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let comma_between_digits = bytes
+        .windows(3)
+        .any(|w| w[0].is_ascii_digit() && w[1] == b',' && w[2].is_ascii_digit());
+    let mut out = text.to_owned();
+    for p in PUNCTUATION {
+        let touches_space = text.contains(&format!("{p} ")) || text.contains(&format!(" {p}"));
+        let replacement = if touches_space || comma_between_digits {
+            ""
+        } else {
+            " "
+        };
+        out = out.replace(p, replacement);
+    }
+    let chars: Vec<char> = out.chars().collect();
+    let mut stripped = String::with_capacity(out.len());
+    let mut removed = 0;
     for (i, &c) in chars.iter().enumerate() {
-        let digit_before = i > 0 && chars[i - 1].is_ascii_digit();
-        let digit_after = chars.get(i + 1).is_some_and(char::is_ascii_digit);
-        match c {
-            '.' if digit_before && digit_after => cleaned.push(c),
-            ',' if digit_before && digit_after => {}
-            '\'' => cleaned.push(c),
-            c if c.is_ascii_punctuation() => cleaned.push(' '),
-            c => cleaned.push(c),
+        let digit_next = chars.get(i + 1).is_some_and(char::is_ascii_digit);
+        if c == '.' && !digit_next && removed < 32 {
+            removed += 1;
+        } else {
+            stripped.push(c);
         }
     }
-    const NUMBERS: [&str; 11] = [
-        "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
-    ];
-    let words: Vec<String> = cleaned
-        .split_whitespace()
-        .filter(|w| !matches!(*w, "a" | "an" | "the"))
-        .map(|w| match NUMBERS.iter().position(|n| *n == w) {
-            Some(n) => n.to_string(),
-            None => w.to_owned(),
+    stripped
+}
+
+/// The official `processDigitArticle`: lower-case, split on white space, number words
+/// `none`, `zero`..`ten` to digits, articles `a`, `an`, `the` dropped, then each word through
+/// the contractions table (`dont` → `don't`), joined with single spaces.
+fn process_digit_article(text: &str) -> String {
+    let lower = text.to_lowercase();
+    let words: Vec<&str> = lower
+        .split(is_python_space)
+        .filter(|w| !w.is_empty())
+        .map(|w| {
+            NUMBER_WORDS
+                .iter()
+                .find(|(word, _)| *word == w)
+                .map_or(w, |(_, digits)| digits)
         })
+        .filter(|w| !matches!(*w, "a" | "an" | "the"))
+        .map(
+            |w| match CONTRACTIONS.binary_search_by(|(key, _)| (*key).cmp(w)) {
+                Ok(i) => CONTRACTIONS[i].1,
+                Err(_) => w,
+            },
+        )
         .collect();
     words.join(" ")
 }
 
-/// VQA accuracy of one prediction: `min(#answers equal to the prediction / 3, 1)`, comparing
-/// after [`normalize_vqa_answer`]. (The official script also averages this over the ten
-/// leave-one-annotator-out subsets, which gives e.g. 0.3 instead of 1/3 for one match.)
+/// The official VQA answer normalisation: `\n` and `\t` become spaces and the answer is
+/// stripped; then `processPunctuation` (punctuation removed or replaced by a space, periods
+/// not followed by a digit removed, so `3.5` stays and `1,000` becomes `1000`) and
+/// `processDigitArticle` (lower-case, number words to digits, articles dropped, contractions
+/// table): `"Two dogs."` → `"2 dogs"`. [`vqa_accuracy`] applies it only when the human answers
+/// differ, as the official script does.
+pub fn normalize_vqa_answer(answer: &str) -> String {
+    process_digit_article(&process_punctuation(&strip_answer(answer)))
+}
+
+/// The official VQA accuracy of one prediction against the human answers (ten in VQA v2).
+///
+/// As in the official script: every answer and the prediction get `\n`/`\t` replaced by
+/// spaces and are stripped; only when the stripped human answers are not all equal are they
+/// and the prediction normalised ([`normalize_vqa_answer`]), so when all humans agree the
+/// prediction must equal their answer after stripping alone. Then for each human answer in
+/// turn, `min(#other answers equal to the prediction / 3, 1)`, and the mean of these over all
+/// answers: with ten answers, 1, 2, 3 and 4 or more matches give 0.3, 0.6, 0.9 and 1.0. No
+/// answers give 0 (the official script divides by zero).
 pub fn vqa_accuracy(prediction: &str, answers: &[String]) -> f64 {
-    let prediction = normalize_vqa_answer(prediction);
-    let matches = answers
-        .iter()
-        .filter(|a| normalize_vqa_answer(a) == prediction)
-        .count();
-    (matches as f64 / 3.0).min(1.0)
+    if answers.is_empty() {
+        return 0.0;
+    }
+    let mut answers: Vec<String> = answers.iter().map(|a| strip_answer(a)).collect();
+    let mut prediction = strip_answer(prediction);
+    if answers.iter().any(|a| *a != answers[0]) {
+        for answer in &mut answers {
+            *answer = process_digit_article(&process_punctuation(answer));
+        }
+        prediction = process_digit_article(&process_punctuation(&prediction));
+    }
+    let matching = answers.iter().filter(|a| **a == prediction).count();
+    let mut total = 0.0;
+    for answer in &answers {
+        // The matches among the other answers, leaving this one out.
+        let others = matching - usize::from(*answer == prediction);
+        total += (others as f64 / 3.0).min(1.0);
+    }
+    total / answers.len() as f64
 }
 
 #[cfg(test)]
@@ -185,21 +403,95 @@ mod tests {
         );
     }
 
+    /// Answers: `k` copies of `hit` and `10 - k` of `miss`.
+    fn humans(hit: &str, k: usize, miss: &str) -> Vec<String> {
+        let mut answers = vec![hit.to_owned(); k];
+        answers.resize(10, miss.to_owned());
+        answers
+    }
+
     #[test]
-    fn readers_vqa_accuracy_counts_matching_humans() {
+    fn readers_vqa_normalisation_follows_the_official_script() {
+        let check = |answer: &str, want: &str| {
+            assert_eq!(normalize_vqa_answer(answer), want, "{answer:?}");
+        };
+        check("Two dogs.", "2 dogs");
+        check("dont", "don't");
+        check("couldnt've", "couldn't've");
+        check("don't", "don't"); // `'` is not punctuation to the official script
+        check("the cat", "cat");
+        check("An Apple", "apple");
+        check("none", "0");
+        check("ten", "10");
+        check("3.5", "3.5");
+        check(".5", ".5");
+        check("5.", "5");
+        check("a.m.", "am");
+        check("Mr. Smith", "mr smith");
+        check("1,000", "1000");
+        // A comma between digits anywhere makes every punctuation character vanish.
+        check("1,000 dogs/cats", "1000 dogscats");
+        check("dogs/cats", "dogs cats");
+        check("red,blue", "red blue");
+        check("red, blue", "red blue");
+        // A character next to a space anywhere is removed everywhere, else replaced by one.
+        check("t-shirt", "t shirt");
+        check("t-shirt - red", "tshirt red");
+        check("yes!!", "yes");
+        check("(yes)", "yes");
+        check("  Yes\t\n", "yes");
+        check("a\u{1c}dog", "dog");
+        // Capitalised keys of the table never match, as words are lower-cased first.
+        check("Im", "im");
+        // Only the first 32 periods not followed by a digit are removed.
+        check(&format!("{}x", ".".repeat(33)), ".x");
+        check("", "");
+    }
+
+    #[test]
+    fn readers_vqa_contractions_table_is_sorted_and_complete() {
+        assert!(CONTRACTIONS.windows(2).all(|w| w[0].0 < w[1].0));
+        for (key, value) in CONTRACTIONS {
+            if key.chars().all(|c| !c.is_uppercase()) {
+                assert_eq!(process_digit_article(key), value, "{key}");
+            }
+        }
+        assert_eq!(
+            process_digit_article("youre theyre isnt"),
+            "you're they're isn't"
+        );
+    }
+
+    #[test]
+    fn readers_vqa_accuracy_averages_over_left_out_humans() {
+        let close = |got: f64, want: f64| (got - want).abs() < 1e-12;
+        let want = [0.0, 0.3, 0.6, 0.9, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0];
+        for (k, want) in want.into_iter().enumerate() {
+            let got = vqa_accuracy("blue", &humans("blue", k, "red"));
+            assert!(close(got, want), "{k} matches: {got}");
+        }
+        // Answers and prediction are normalised when the humans disagree.
         let answers: Vec<String> = [
-            "yes", "yes", "Yes.", "no", "two", "2", "a dog", "3.5", "1,000", "x",
+            "Two", "two.", "2", "cat", "cat", "cat", "cat", "cat", "cat", "cat",
         ]
         .map(String::from)
         .into();
-        assert_eq!(vqa_accuracy("yes", &answers), 1.0);
-        assert_eq!(vqa_accuracy("no", &answers), 1.0 / 3.0);
-        assert_eq!(vqa_accuracy("2", &answers), 2.0 / 3.0);
-        assert_eq!(vqa_accuracy("the dog", &answers), 1.0 / 3.0);
-        assert_eq!(vqa_accuracy("3.5", &answers), 1.0 / 3.0);
-        assert_eq!(vqa_accuracy("1000", &answers), 1.0 / 3.0);
-        assert_eq!(vqa_accuracy("cat", &answers), 0.0);
-        assert_eq!(normalize_vqa_answer("  The Red-Car! "), "red car");
-        assert_eq!(normalize_vqa_answer("don't"), "don't");
+        assert!(close(vqa_accuracy("2", &answers), 0.9));
+        assert!(close(vqa_accuracy(" TWO!\n", &answers), 0.9));
+        assert!(close(vqa_accuracy("the cat", &answers), 1.0));
+        // When they all agree nothing but stripping is done, as in the official script.
+        let yes = humans("yes", 10, "");
+        assert_eq!(vqa_accuracy("yes", &yes), 1.0);
+        assert_eq!(vqa_accuracy("\tyes \n", &yes), 1.0);
+        assert_eq!(vqa_accuracy("Yes", &yes), 0.0);
+        assert_eq!(vqa_accuracy("yes.", &yes), 0.0);
+        let mostly_yes = humans("yes", 9, "no");
+        assert!(close(vqa_accuracy("Yes.", &mostly_yes), 1.0));
+        assert!(close(vqa_accuracy("no", &mostly_yes), 0.3));
+        // Stripping comes before the agreement check.
+        assert_eq!(vqa_accuracy("Yes", &humans("yes", 5, " yes\n")), 0.0);
+        // One human answer is never matched by the others; none gives 0.
+        assert_eq!(vqa_accuracy("red", &["red".to_owned()]), 0.0);
+        assert_eq!(vqa_accuracy("red", &[]), 0.0);
     }
 }

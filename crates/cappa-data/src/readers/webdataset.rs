@@ -9,10 +9,21 @@
 //!
 //! Each sample is checked in this order: a repeated extension
 //! ([`SkipReason::RepeatedExtension`]); the image, the first present of `jpg`, `jpeg`, `png`,
-//! `webp` ([`SkipReason::MissingImage`], [`SkipReason::EmptyImage`]); the caption, from `txt`
-//! ([`SkipReason::NonUtf8Caption`], [`SkipReason::EmptyCaption`]) or else the `json`
-//! member's `"caption"` string ([`SkipReason::MissingCaption`]). Captions are trimmed. The
-//! parsed `json` member becomes the metadata (`null` when absent or not valid JSON).
+//! `webp` ([`SkipReason::MissingImage`], [`SkipReason::EmptyImage`]); then the text members
+//! that [`TextMembers`] selects:
+//! - [`TextMembers::Caption`] (the default): one caption, from `txt`
+//!   ([`SkipReason::NonUtf8Caption`], [`SkipReason::EmptyCaption`]) or else the `json`
+//!   member's `"caption"` string ([`SkipReason::MissingCaption`]), trimmed.
+//! - [`TextMembers::CaptionLines`]: the same text split into lines, each trimmed non-empty
+//!   line a caption (CLIP_benchmark's retrieval shards); no such line is
+//!   [`SkipReason::EmptyCaption`].
+//! - [`TextMembers::Label`]: no caption; the `cls` member, an integer as text
+//!   (CLIP_benchmark's classification shards), becomes `meta["label"]`
+//!   ([`SkipReason::MissingLabel`], [`SkipReason::BadLabel`]).
+//!
+//! The parsed `json` member becomes the metadata (`null` when absent or not valid JSON; with
+//! [`TextMembers::Label`] an object holding `"label"`, the json member's fields too when it is
+//! an object).
 //!
 //! A shard that cannot be opened yields one [`SkipReason::UnreadableFile`]; a shard that is
 //! truncated or corrupt yields the samples completed before the damage, then one
@@ -31,6 +42,18 @@ use crate::{BadSample, ImageData, Sample, SkipReason};
 
 /// Image extensions in order of preference.
 const IMAGE_EXTS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Which members of a sample hold its text, and what the text is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum TextMembers {
+    /// One caption: `txt`, or else the json member's `"caption"`.
+    #[default]
+    Caption,
+    /// Every non-empty line of `txt` (or of the json `"caption"`) is a caption.
+    CaptionLines,
+    /// An integer label in `cls`, put into `meta["label"]`; no caption.
+    Label,
+}
 
 /// The members of one sample as read.
 #[derive(Debug)]
@@ -65,7 +88,7 @@ impl Group {
     }
 
     /// Turns the members into a sample, or says why not.
-    fn finish(mut self, shard: &str) -> Result<Sample, BadSample> {
+    fn finish(mut self, shard: &str, mode: TextMembers) -> Result<Sample, BadSample> {
         let bad = |reason, detail: &str| BadSample {
             reason,
             location: format!("{shard}:{}", self.key),
@@ -89,31 +112,57 @@ impl Group {
                 &format!("`.{image_ext}` has zero bytes"),
             ));
         }
-        let meta: serde_json::Value = self
+        let mut meta: serde_json::Value = self
             .get("json")
             .and_then(|bytes| serde_json::from_slice(bytes).ok())
             .unwrap_or(serde_json::Value::Null);
-        let caption = match self.get("txt") {
-            Some(bytes) => match std::str::from_utf8(bytes) {
-                Ok(text) => text.trim().to_owned(),
-                Err(e) => return Err(bad(SkipReason::NonUtf8Caption, &format!("`.txt`: {e}"))),
-            },
-            None => match meta.get("caption").and_then(serde_json::Value::as_str) {
-                Some(text) => text.trim().to_owned(),
-                None => {
+        let captions = match mode {
+            TextMembers::Caption | TextMembers::CaptionLines => {
+                let raw = match self.get("txt") {
+                    Some(bytes) => match std::str::from_utf8(bytes) {
+                        Ok(text) => text,
+                        Err(e) => {
+                            return Err(bad(SkipReason::NonUtf8Caption, &format!("`.txt`: {e}")))
+                        }
+                    },
+                    None => match meta.get("caption").and_then(serde_json::Value::as_str) {
+                        Some(text) => text,
+                        None => {
+                            return Err(bad(
+                                SkipReason::MissingCaption,
+                                "no `.txt` or json \"caption\"",
+                            ))
+                        }
+                    },
+                };
+                let captions: Vec<String> = if mode == TextMembers::Caption {
+                    vec![raw.trim().to_owned()]
+                } else {
+                    raw.lines().map(str::trim).map(str::to_owned).collect()
+                };
+                let captions: Vec<String> =
+                    captions.into_iter().filter(|c| !c.is_empty()).collect();
+                if captions.is_empty() {
                     return Err(bad(
-                        SkipReason::MissingCaption,
-                        "no `.txt` or json \"caption\"",
-                    ))
+                        SkipReason::EmptyCaption,
+                        "caption is empty or white space",
+                    ));
                 }
-            },
+                captions
+            }
+            TextMembers::Label => {
+                let Some(bytes) = self.get("cls") else {
+                    return Err(bad(SkipReason::MissingLabel, "no `.cls` member"));
+                };
+                let label =
+                    parse_label(bytes).map_err(|detail| bad(SkipReason::BadLabel, &detail))?;
+                if !meta.is_object() {
+                    meta = serde_json::Value::Object(serde_json::Map::new());
+                }
+                meta["label"] = label.into();
+                Vec::new()
+            }
         };
-        if caption.is_empty() {
-            return Err(bad(
-                SkipReason::EmptyCaption,
-                "caption is empty or white space",
-            ));
-        }
         let index = self
             .members
             .iter()
@@ -123,9 +172,23 @@ impl Group {
         Ok(Sample {
             key: self.key,
             image: ImageData::Encoded(image),
-            captions: vec![caption],
+            captions,
             meta,
         })
+    }
+}
+
+/// A `.cls` member's label: a non-negative integer as UTF-8 text, surrounding white space
+/// ignored.
+fn parse_label(bytes: &[u8]) -> Result<i64, String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| format!("`.cls` is not UTF-8: {e}"))?;
+    let text = text.trim();
+    match text.parse::<i64>() {
+        Ok(label) if label >= 0 => Ok(label),
+        Ok(_) => Err(format!("`.cls` holds the negative label {text}")),
+        Err(_) => Err(format!(
+            "`.cls` holds {text:?}, not a non-negative integer label"
+        )),
     }
 }
 
@@ -159,11 +222,13 @@ pub struct ShardSamples<R> {
     /// The truncation report to yield after a complete pending sample.
     deferred: Option<BadSample>,
     done: bool,
+    text: TextMembers,
     stats: ReadStats,
 }
 
 impl<R: Read> ShardSamples<R> {
-    /// Reads the shard `name` (used in skip locations) from `source`.
+    /// Reads the shard `name` (used in skip locations) from `source`, with
+    /// [`TextMembers::Caption`].
     pub fn new(name: impl Into<String>, source: R) -> Self {
         ShardSamples {
             name: name.into(),
@@ -171,8 +236,15 @@ impl<R: Read> ShardSamples<R> {
             pending: None,
             deferred: None,
             done: false,
+            text: TextMembers::default(),
             stats: ReadStats::default(),
         }
+    }
+
+    /// Reads the samples' text from the members `text` selects.
+    pub fn with_text(mut self, text: TextMembers) -> Self {
+        self.text = text;
+        self
     }
 
     /// Counts of what was yielded so far.
@@ -191,7 +263,7 @@ impl<R: Read> ShardSamples<R> {
             match self.tar.next_member() {
                 None => {
                     self.done = true;
-                    return self.pending.take().map(|g| g.finish(&self.name));
+                    return self.pending.take().map(|g| g.finish(&self.name, self.text));
                 }
                 Some(Err(error)) => {
                     self.done = true;
@@ -207,7 +279,7 @@ impl<R: Read> ShardSamples<R> {
                     if let (Some(group), Some(key)) = (pending, next_key) {
                         if group.key != key {
                             self.deferred = Some(truncated);
-                            return Some(group.finish(&self.name));
+                            return Some(group.finish(&self.name, self.text));
                         }
                     }
                     return Some(Err(truncated));
@@ -225,7 +297,7 @@ impl<R: Read> ShardSamples<R> {
                             let mut group = Group::new(key);
                             group.add(ext, member.data);
                             if let Some(previous) = self.pending.replace(group) {
-                                return Some(previous.finish(&self.name));
+                                return Some(previous.finish(&self.name, self.text));
                             }
                         }
                     }
@@ -253,17 +325,25 @@ impl<R: Read> Iterator for ShardSamples<R> {
 pub struct WebDataset {
     shards: std::vec::IntoIter<PathBuf>,
     current: Option<ShardSamples<BufReader<File>>>,
+    text: TextMembers,
     stats: ReadStats,
 }
 
 impl WebDataset {
-    /// Reads `shards` in the given order.
+    /// Reads `shards` in the given order, with [`TextMembers::Caption`].
     pub fn new(shards: Vec<PathBuf>) -> Self {
         WebDataset {
             shards: shards.into_iter(),
             current: None,
+            text: TextMembers::default(),
             stats: ReadStats::default(),
         }
+    }
+
+    /// Reads the samples' text from the members `text` selects.
+    pub fn with_text(mut self, text: TextMembers) -> Self {
+        self.text = text;
+        self
     }
 
     /// Expands `patterns` with [`expand_paths`] and reads the shards found.
@@ -292,7 +372,8 @@ impl WebDataset {
             match opened {
                 Ok(file) => {
                     let name = path.display().to_string();
-                    self.current = Some(ShardSamples::new(name, BufReader::new(file)));
+                    self.current =
+                        Some(ShardSamples::new(name, BufReader::new(file)).with_text(self.text));
                 }
                 Err(e) => {
                     self.current = None;
@@ -392,6 +473,130 @@ mod tests {
             Entry::File("k.txt", b"c"),
         ]);
         assert_eq!(read(&bytes).0[0].image, ImageData::Encoded(b"jpg".to_vec()));
+    }
+
+    #[test]
+    fn readers_webdataset_caption_lines_split_txt_into_captions() {
+        let png = png_bytes();
+        let bytes = tar_bytes(&[
+            Entry::File("a.png", &png),
+            Entry::File("a.txt", b" first \r\n\n  second\n\t\nthird"),
+            Entry::File("b.png", &png),
+            Entry::File("b.json", br#"{"caption": "one\ntwo"}"#),
+            Entry::File("c.png", &png),
+            Entry::File("c.txt", b" \n\r\n\t"),
+            Entry::File("d.png", &png),
+            Entry::File("d.json", b"{}"),
+        ]);
+        let lines = |text| {
+            let items: Vec<_> = ShardSamples::new("s.tar", bytes.as_slice())
+                .with_text(text)
+                .collect();
+            items
+        };
+        let items = lines(TextMembers::CaptionLines);
+        assert_eq!(
+            items[0].as_ref().unwrap().captions,
+            ["first", "second", "third"]
+        );
+        assert_eq!(items[1].as_ref().unwrap().captions, ["one", "two"]);
+        assert_eq!(
+            items[2].as_ref().unwrap_err().reason,
+            SkipReason::EmptyCaption
+        );
+        assert_eq!(
+            items[3].as_ref().unwrap_err().reason,
+            SkipReason::MissingCaption
+        );
+        // The default keeps the whole text as one trimmed caption.
+        let items = lines(TextMembers::Caption);
+        assert_eq!(
+            items[0].as_ref().unwrap().captions,
+            [" first \r\n\n  second\n\t\nthird".trim()]
+        );
+        assert_eq!(items[1].as_ref().unwrap().captions, ["one\ntwo"]);
+        assert_eq!(
+            items[2].as_ref().unwrap_err().reason,
+            SkipReason::EmptyCaption
+        );
+    }
+
+    #[test]
+    fn readers_webdataset_labels_come_from_cls_members() {
+        let png = png_bytes();
+        let bytes = tar_bytes(&[
+            Entry::File("a.png", &png),
+            Entry::File("a.cls", b" 3\n"),
+            Entry::File("a.json", br#"{"url": "http://x", "label": "old"}"#),
+            Entry::File("b.png", &png),
+            Entry::File("b.cls", b"0"),
+            Entry::File("b.txt", b"a caption is ignored"),
+            Entry::File("c.png", &png),
+            Entry::File("c.cls", b"12"),
+            Entry::File("c.json", b"[1, 2]"),
+            Entry::File("nolabel.png", &png),
+            Entry::File("nolabel.txt", b"no cls"),
+            Entry::File("negative.png", &png),
+            Entry::File("negative.cls", b"-1"),
+            Entry::File("word.png", &png),
+            Entry::File("word.cls", b"dog"),
+            Entry::File("fraction.png", &png),
+            Entry::File("fraction.cls", b"1.5"),
+            Entry::File("blank.png", &png),
+            Entry::File("blank.cls", b" "),
+            Entry::File("latin.png", &png),
+            Entry::File("latin.cls", b"\xe9"),
+            Entry::File("noimage.cls", b"1"),
+        ]);
+        let mut reader = ShardSamples::new("s.tar", bytes.as_slice()).with_text(TextMembers::Label);
+        let items: Vec<_> = reader.by_ref().collect();
+        let good: Vec<&Sample> = items.iter().filter_map(|r| r.as_ref().ok()).collect();
+        let good_keys: Vec<&str> = good.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(good_keys, ["a", "b", "c"]);
+        assert_eq!(
+            good[0].meta,
+            serde_json::json!({"url": "http://x", "label": 3})
+        );
+        assert!(good[0].captions.is_empty());
+        assert_eq!(good[0].image, ImageData::Encoded(png.clone()));
+        assert_eq!(good[1].meta, serde_json::json!({"label": 0}));
+        assert!(good[1].captions.is_empty());
+        assert_eq!(good[2].meta, serde_json::json!({"label": 12}));
+        let reasons: Vec<(&str, SkipReason)> = items
+            .iter()
+            .filter_map(|r| r.as_ref().err())
+            .map(|b| (b.location.rsplit(':').next().unwrap(), b.reason))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                ("nolabel", SkipReason::MissingLabel),
+                ("negative", SkipReason::BadLabel),
+                ("word", SkipReason::BadLabel),
+                ("fraction", SkipReason::BadLabel),
+                ("blank", SkipReason::BadLabel),
+                ("latin", SkipReason::BadLabel),
+                ("noimage", SkipReason::MissingImage),
+            ]
+        );
+        let stats = reader.stats();
+        assert_eq!(stats.skips.get(SkipReason::BadLabel), 5);
+        assert_eq!(stats.skips.get(SkipReason::MissingLabel), 1);
+        assert_eq!(stats.good(), 3);
+        let negative = items[4].as_ref().unwrap_err();
+        assert!(negative.detail.contains("-1"), "{negative}");
+
+        // The same through WebDataset, which passes the mode on to every shard.
+        let dir = tempfile::tempdir().unwrap();
+        let shards = vec![
+            write(dir.path(), "0.tar", &bytes),
+            write(dir.path(), "1.tar", &bytes),
+        ];
+        let good = WebDataset::new(shards)
+            .with_text(TextMembers::Label)
+            .filter(Result::is_ok)
+            .count();
+        assert_eq!(good, 6);
     }
 
     /// A good sample `k`: an image and a caption.

@@ -27,6 +27,11 @@ pub(crate) struct CommonArgs {
     /// nothing.
     #[arg(long, value_enum, default_value = "auto")]
     progress: ProgressArg,
+    /// Also evaluate every model on this suite of real benchmarks (`paper` or a suite JSON
+    /// file; see `cappa eval --suite`), instead of the preset's `suite`. Every path is
+    /// checked before training.
+    #[arg(long, value_name = "NAME|FILE")]
+    suite: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -78,6 +83,7 @@ fn options(common: &CommonArgs, name: &str, device: DeviceArg) -> Result<Compare
         }
     }
     options.progress = common.progress.mode();
+    options.suite = common.suite.clone();
     options.interrupt = Some(interrupt_on_ctrl_c()?);
     Ok(options)
 }

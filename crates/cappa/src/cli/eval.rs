@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use cappa::checkpoint_eval::{EvalPlan, LoadedCheckpoint};
+use cappa::checkpoint_eval::{EvalPlan, LoadedCheckpoint, OpenedSuite, FEATURE_CACHE_DIR};
 use cappa_data::pipeline::Normalize;
 use cappa_data::tokenizer::Tokenizer;
+use cappa_eval::benchmarks::{BenchmarkResults, SuiteReport};
 use cappa_eval::caption_metrics::{read_caption_file, score_captions, CaptionItem};
 use cappa_eval::model::Evaluable;
 use cappa_eval::probe::{
@@ -38,9 +39,27 @@ pub(crate) struct EvalArgs {
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
+    /// Evaluate on a suite of benchmarks instead: a built-in one (`scene`: the scene world,
+    /// as without this flag; `paper`: the paper's benchmarks at conventional paths under
+    /// `data/`) or a suite JSON file. Every path is checked before the model is loaded.
+    #[arg(long, value_name = "NAME|FILE")]
+    suite: Option<String>,
+    /// With --suite: evaluate only these benchmarks of the suite.
+    #[arg(long, num_args = 1.., value_name = "BENCH", requires = "suite")]
+    only: Vec<String>,
+    /// With --suite: the directory benchmark features are cached in (default
+    /// CHECKPOINT/feature-cache), per checkpoint weights, benchmark, data and transform.
+    #[arg(long, requires = "suite", conflicts_with = "no_cache")]
+    cache: Option<PathBuf>,
+    /// With --suite: neither read nor write cached features.
+    #[arg(long, requires = "suite")]
+    no_cache: bool,
 }
 
 pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
+    if let Some(suite) = &args.suite {
+        return eval_suite(args, suite, device);
+    }
     let device = device.select()?;
     let loaded = LoadedCheckpoint::load(&args.checkpoint, device)?;
     let mut report = loaded.evaluate_scene(&args.plan)?;
@@ -74,6 +93,70 @@ pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
         println!("wrote {}", out.join("results.json").display());
     }
     Ok(())
+}
+
+/// `cappa eval --suite`: opens the suite (every path and annotation file checked), then
+/// loads the checkpoint and runs every benchmark.
+fn eval_suite(args: &EvalArgs, suite: &str, device: DeviceArg) -> Result<()> {
+    if !args.compositional.is_empty() {
+        bail!(
+            "--compositional goes with the scene evaluation; with --suite, list the files in a \
+             `compositional` benchmark of the suite"
+        );
+    }
+    let suite = OpenedSuite::open(suite, &args.only)?;
+    let device = device.select()?;
+    let loaded = LoadedCheckpoint::load(&args.checkpoint, device)?;
+    let cache = match (&args.cache, args.no_cache) {
+        (_, true) => None,
+        (Some(dir), false) => Some(dir.clone()),
+        (None, false) => Some(args.checkpoint.join(FEATURE_CACHE_DIR)),
+    };
+    let report = loaded.evaluate_suite(&suite, &args.plan, cache.as_deref())?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| args.checkpoint.join("eval").join(&suite.name));
+    report
+        .write(&out)
+        .with_context(|| format!("writing {}", out.display()))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print_suite_report(&report);
+        println!("wrote {}", out.join("results.json").display());
+    }
+    Ok(())
+}
+
+fn print_suite_report(report: &SuiteReport) {
+    println!("{} model on suite `{}`", report.model_kind, report.suite);
+    for b in &report.benchmarks {
+        if let BenchmarkResults::Scene(scene) = &b.results {
+            println!("== {} ({:.1} s)", b.name, b.seconds);
+            print_report(scene);
+            continue;
+        }
+        let skipped: u64 = b.splits.values().map(|s| s.skipped.total()).sum();
+        println!(
+            "== {} ({:.1} s, {skipped} samples skipped)",
+            b.name, b.seconds
+        );
+        for (name, value) in b.results.metrics() {
+            println!("   {name:<40} {value:.4}");
+        }
+        if let BenchmarkResults::Retrieval(r) = &b.results {
+            if let Some(why) = &r.retrieval_skipped {
+                println!("   retrieval skipped: {why}");
+            }
+        }
+    }
+    if let Some(bytes) = report.peak_rss_bytes {
+        println!(
+            "peak resident memory {:.0} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        );
+    }
 }
 
 /// Preference accuracy on one SugarCrepe- or ARO-format file (told apart by the top-level

@@ -26,7 +26,8 @@ use tch::Device;
 
 use cappa_eval::report::EvalReport;
 
-use crate::checkpoint_eval::{EvalPlan, LoadedCheckpoint};
+use crate::checkpoint_eval::{EvalPlan, LoadedCheckpoint, OpenedSuite};
+use cappa_eval::benchmarks::SuiteReport;
 
 pub use preset::{
     match_text_depth, merge, merge_config, run_config, train_flops_per_example, Overrides, Preset,
@@ -58,6 +59,8 @@ pub struct CompareOptions {
     pub progress: ProgressMode,
     /// Set (by a Ctrl-C handler) to stop the current training stage with a checkpoint.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// A suite of real benchmarks to evaluate every model on, instead of the preset's.
+    pub suite: Option<String>,
 }
 
 impl CompareOptions {
@@ -70,6 +73,7 @@ impl CompareOptions {
             overrides: Overrides::default(),
             progress: ProgressMode::Auto,
             interrupt: None,
+            suite: None,
         }
     }
 }
@@ -93,6 +97,8 @@ pub struct FinishedRun {
     /// The evaluation report (`results.json`).
     pub report: EvalReport,
     pub eval_dir: PathBuf,
+    /// The model's results on the experiment's suite of real benchmarks, if it has one.
+    pub suite: Option<SuiteReport>,
 }
 
 /// The models of one experiment point: objectives × seeds sharing training settings.
@@ -303,6 +309,7 @@ fn planned_flops(run: &PlannedRun) -> f64 {
 pub(crate) fn run_stages(
     runs: &[PlannedRun],
     plan: &EvalPlan,
+    suite: Option<&OpenedSuite>,
     options: &CompareOptions,
 ) -> Result<(Vec<FinishedRun>, StageClock)> {
     for run in runs {
@@ -327,11 +334,15 @@ pub(crate) fn run_stages(
             ..left
         };
         let (report, eval_dir) = eval_stage(&summary, &label, left, &mut clock, plan, options)?;
+        let suite = suite
+            .map(|suite| suite_stage(&summary, &label, suite, plan, options))
+            .transpose()?;
         finished.push(FinishedRun {
             run: run.clone(),
             summary,
             report,
             eval_dir,
+            suite,
         });
     }
     Ok((finished, clock))
@@ -400,6 +411,64 @@ fn eval_stage(
     };
     clock.finish_eval(seconds);
     Ok((report, eval_dir))
+}
+
+/// The suite of real benchmarks an experiment evaluates on (`--suite`, else the preset's),
+/// opened (every path and annotation file checked) before anything is trained. The scene
+/// benchmark is left out: every run is evaluated on the scene world anyway.
+pub fn open_suite(
+    preset_suite: Option<&str>,
+    options: &CompareOptions,
+) -> Result<Option<OpenedSuite>> {
+    let Some(name) = options.suite.as_deref().or(preset_suite) else {
+        return Ok(None);
+    };
+    let mut suite = OpenedSuite::open(name, &[])
+        .with_context(|| format!("the evaluation suite `{name}` (fix it before training)"))?;
+    suite.benchmarks.retain(|b| !b.is_scene());
+    Ok((!suite.benchmarks.is_empty()).then_some(suite))
+}
+
+/// Where a checkpoint's suite results live: `CHECKPOINT/eval/SUITE/`.
+fn suite_dir(checkpoint: &Path, suite: &OpenedSuite) -> PathBuf {
+    checkpoint
+        .join("eval")
+        .join(format!("suite-{}", suite.name))
+}
+
+/// The suite a report was made with, beside it.
+const SUITE_FILE: &str = "suite.json";
+
+/// Reuses the suite results of the run's final checkpoint when they were made with the same
+/// suite, or evaluates it (features cached in `CHECKPOINT/feature-cache`).
+fn suite_stage(
+    summary: &RunSummary,
+    label: &str,
+    suite: &OpenedSuite,
+    plan: &EvalPlan,
+    options: &CompareOptions,
+) -> Result<SuiteReport> {
+    let dir = suite_dir(&summary.checkpoint, suite);
+    let definition = suite.definition();
+    let saved: Option<Value> = cappa_io::read_json(&dir.join(SUITE_FILE)).ok();
+    if saved.as_ref() == Some(&definition) {
+        if let Ok(report) = cappa_io::read_json::<SuiteReport>(&dir.join(EVAL_REPORT_FILE)) {
+            eprintln!("benchmarks {label}: done before, reused");
+            return Ok(report);
+        }
+    }
+    eprintln!("benchmarks {label}: suite `{}`", suite.name);
+    let loaded = LoadedCheckpoint::load(&summary.checkpoint, options.device)?;
+    let cache = summary
+        .checkpoint
+        .join(crate::checkpoint_eval::FEATURE_CACHE_DIR);
+    let report = loaded.evaluate_suite(suite, plan, Some(&cache))?;
+    let _ = std::fs::remove_file(dir.join(SUITE_FILE));
+    report
+        .write(&dir)
+        .with_context(|| format!("writing {}", dir.display()))?;
+    cappa_io::write_json(&dir.join(SUITE_FILE), &definition)?;
+    Ok(report)
 }
 
 /// A finished run counts as done when it trained for the budget planned now.
@@ -499,10 +568,11 @@ pub fn compare(preset: &Preset, options: &CompareOptions) -> Result<CompareResul
         match_text_tower: preset.match_text_tower,
     };
     let runs = plan_runs(&set, &options.overrides, &options.out, &preset.name)?;
+    let suite = open_suite(preset.suite.as_deref(), options)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     cappa_io::write_json(&options.out.join(PRESET_FILE), preset)?;
-    let (finished, clock) = run_stages(&runs, &preset.eval, options)?;
+    let (finished, clock) = run_stages(&runs, &preset.eval, suite.as_ref(), options)?;
     let mut results = CompareResults::gather(preset, &finished, options, clock.elapsed());
     results.write(&options.out, &finished)?;
     Ok(results)

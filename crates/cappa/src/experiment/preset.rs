@@ -115,6 +115,10 @@ pub struct Preset {
     pub objective_overrides: BTreeMap<String, Value>,
     #[serde(default)]
     pub eval: EvalPlan,
+    /// A suite of real benchmarks every model is also evaluated on (`paper` or a suite file;
+    /// `--suite` overrides it); its paths are checked before training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
 }
 
 fn one() -> u64 {

@@ -317,6 +317,39 @@ pub struct CompareResults {
     pub winners: Vec<GroupWinner>,
     pub findings: Vec<Finding>,
     pub plots: Vec<String>,
+    /// The real benchmarks' metrics (a suite's), by benchmark then metric, per objective over
+    /// seeds (each seed's value in `per_seed`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub benchmarks: BTreeMap<String, BTreeMap<String, ByObjective<Spread>>>,
+}
+
+/// Every metric of the finished runs' suite reports, per benchmark, metric and objective.
+fn benchmark_rows(
+    objectives: &[Objective],
+    finished: &[FinishedRun],
+) -> BTreeMap<String, BTreeMap<String, ByObjective<Spread>>> {
+    let mut values: BTreeMap<(String, String), ByObjective<Vec<f64>>> = BTreeMap::new();
+    for run in finished {
+        let Some(suite) = &run.suite else { continue };
+        for benchmark in &suite.benchmarks {
+            for (metric, value) in benchmark.results.metrics() {
+                values
+                    .entry((benchmark.name.clone(), metric))
+                    .or_default()
+                    .get_or_insert_with(run.run.objective, Vec::new)
+                    .push(value);
+            }
+        }
+    }
+    let mut rows: BTreeMap<String, BTreeMap<String, ByObjective<Spread>>> = BTreeMap::new();
+    for ((benchmark, metric), by) in values {
+        let spreads: ByObjective<Spread> = objectives
+            .iter()
+            .filter_map(|o| Some((*o, Spread::of(by.get(*o)?)?)))
+            .collect();
+        rows.entry(benchmark).or_default().insert(metric, spreads);
+    }
+    rows
 }
 
 /// One number of an evaluation report, as a row of the results names it.
@@ -678,6 +711,7 @@ impl CompareResults {
             wall_seconds,
             metrics,
             plots: Vec::new(),
+            benchmarks: benchmark_rows(&preset.objectives, finished),
         }
     }
 
@@ -731,10 +765,45 @@ impl CompareResults {
         self.write_heading(&mut md);
         self.write_models(&mut md);
         self.write_results(&mut md);
+        self.write_benchmarks(&mut md);
         self.write_winners(&mut md);
         self.write_findings(&mut md);
         write_plots_markdown(&mut md, &self.plots);
         md
+    }
+
+    /// A section per real benchmark: its metrics per objective.
+    fn write_benchmarks(&self, md: &mut String) {
+        if self.benchmarks.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            md,
+            "\n## Real benchmarks\n\nEvery model on the suite's benchmarks (each benchmark's \
+             `results.json` in `CHECKPOINT/eval/suite-NAME/` also counts its skipped samples).\n"
+        );
+        for (benchmark, metrics) in &self.benchmarks {
+            let _ = writeln!(md, "### {benchmark}\n");
+            let mut header = String::from("| metric |");
+            for o in &self.objectives {
+                let _ = write!(header, " {} |", self.label(*o));
+            }
+            let _ = writeln!(md, "{header}");
+            let _ = writeln!(md, "|---|{}", "---:|".repeat(self.objectives.len()));
+            for (metric, by) in metrics {
+                let mut line = format!("| {metric} |");
+                for o in &self.objectives {
+                    match by.get(*o) {
+                        Some(s) => {
+                            let _ = write!(line, " {} |", s.display());
+                        }
+                        None => line.push_str(" — |"),
+                    }
+                }
+                let _ = writeln!(md, "{line}");
+            }
+            md.push('\n');
+        }
     }
 
     fn write_heading(&self, md: &mut String) {
@@ -919,6 +988,36 @@ impl CompareResults {
             let path = plots_dir.join(file);
             plots::grouped_bars(&path, &title, &labels, &colours, &groups, y_label)?;
             written.push(plot_path(file));
+        }
+        // One chart per real benchmark, of its accuracies and recalls (not the caption
+        // metrics, on another scale).
+        for (benchmark, metrics) in &self.benchmarks {
+            let groups: Vec<BarGroup> = metrics
+                .iter()
+                .filter(|(m, _)| !["cider", "bleu", "rouge"].iter().any(|c| m.contains(c)))
+                .map(|(metric, by)| BarGroup {
+                    label: metric.clone(),
+                    values: self
+                        .objectives
+                        .iter()
+                        .map(|o| by.get(*o).map(|s| (s.mean, s.std)))
+                        .collect(),
+                })
+                .collect();
+            if groups.is_empty() {
+                continue;
+            }
+            let file = format!("benchmark_{benchmark}.png");
+            let title = format!("{benchmark}{spread}");
+            plots::grouped_bars(
+                &plots_dir.join(&file),
+                &title,
+                &labels,
+                &colours,
+                &groups,
+                "accuracy / recall",
+            )?;
+            written.push(plot_path(&file));
         }
         Ok(written)
     }

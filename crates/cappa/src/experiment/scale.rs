@@ -12,6 +12,7 @@ use cappa_trainer::Objective;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use cappa_eval::benchmarks::SuiteReport;
 use cappa_eval::report::EvalReport;
 
 use super::preset::read_named;
@@ -20,8 +21,8 @@ use super::results::{
     TaskGroup, COMPOSITIONAL_ALL, PLOTS_DIR, TABLE_SHOTS,
 };
 use super::{
-    merge_config, minutes, plan_runs, run_stages, CompareOptions, PlannedRun, PresetError, RunSet,
-    PRESET_FILE, REPORT_FILE, RESULTS_FILE,
+    merge_config, minutes, open_suite, plan_runs, run_stages, CompareOptions, PlannedRun,
+    PresetError, RunSet, PRESET_FILE, REPORT_FILE, RESULTS_FILE,
 };
 use crate::checkpoint_eval::EvalPlan;
 use crate::plots::{self, Axes, Line, Panel};
@@ -56,6 +57,9 @@ pub struct ScalePreset {
     pub train: Value,
     #[serde(default)]
     pub eval: EvalPlan,
+    /// A suite of real benchmarks every point is also evaluated on (`--suite` overrides it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suite: Option<String>,
 }
 
 fn yes() -> bool {
@@ -239,10 +243,11 @@ fn plan_sweep<'a>(
 pub fn scale(preset: &ScalePreset, options: &CompareOptions) -> Result<ScaleResults> {
     let (runs, points): (Vec<PlannedRun>, Vec<SweepPoint<'_>>) =
         plan_sweep(preset, options)?.into_iter().unzip();
+    let suite = open_suite(preset.suite.as_deref(), options)?;
     std::fs::create_dir_all(&options.out)
         .with_context(|| format!("creating {}", options.out.display()))?;
     cappa_io::write_json(&options.out.join(PRESET_FILE), preset)?;
-    let (finished, clock) = run_stages(&runs, &preset.eval, options)?;
+    let (finished, clock) = run_stages(&runs, &preset.eval, suite.as_ref(), options)?;
     let points: Vec<ScalePoint> = finished
         .iter()
         .zip(&points)
@@ -253,7 +258,13 @@ pub fn scale(preset: &ScalePreset, options: &CompareOptions) -> Result<ScaleResu
             caption_noise: point.caption_noise,
             params: f.summary.params,
             train_flops: f.summary.train_flops_seen,
-            metrics: summary_metrics(&f.report),
+            metrics: {
+                let mut metrics = summary_metrics(&f.report);
+                if let Some(suite) = &f.suite {
+                    metrics.extend(headline_metrics(suite));
+                }
+                metrics
+            },
         })
         .collect();
     let mut results = ScaleResults {
@@ -274,7 +285,30 @@ pub fn scale(preset: &ScalePreset, options: &CompareOptions) -> Result<ScaleResu
 
 /// Whether a summary metric is an accuracy or recall (plotted as its error), not CIDEr.
 fn is_accuracy(metric: &str) -> bool {
-    !metric.contains("CIDEr")
+    !metric.contains("CIDEr") && !metric.contains("cider")
+}
+
+/// The real benchmarks' headline numbers, one plot line each: zero-shot and linear top-1,
+/// 10-shot accuracy, R@1 both ways, greedy and transfer CIDEr-D, compositional accuracy over
+/// all items, VQA accuracy; named `BENCHMARK/metric`.
+pub(crate) fn headline_metrics(suite: &SuiteReport) -> BTreeMap<String, f64> {
+    const HEADLINES: [&str; 10] = [
+        "zero_shot/acc1",
+        "linear/acc1",
+        "few_shot/10shot",
+        "i2t/r1",
+        "t2i/r1",
+        "captioning_greedy/cider_d",
+        "transfer_captioning/cider_d",
+        "/all",
+        "vqa/accuracy",
+        "macro",
+    ];
+    suite
+        .metrics()
+        .into_iter()
+        .filter(|(name, _)| HEADLINES.iter().any(|h| name.ends_with(h)))
+        .collect()
 }
 
 impl ScaleResults {
