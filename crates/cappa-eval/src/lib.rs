@@ -7,9 +7,12 @@
 //! implemented for cappa's CLIP and Cap models, and anyone's encoder can implement them.
 //! Zero-shot classification, retrieval and compositional preference all run on one scoring
 //! path ([`scoring`]): (images × candidate texts) score matrices, similarities for two-tower
-//! models and summed log-likelihoods for captioners. Data comes from `cappa-data` (the scene
-//! world's held-out split, [`scene`]); reports are [`report::EvalReport`]s, written and read
-//! back as JSON.
+//! models and summed log-likelihoods for captioners. Data comes from `cappa-data`: the scene
+//! world's held-out split ([`scene`]; reports are [`report::EvalReport`]s, written and read
+//! back as JSON), and real benchmarks from disk listed by an evaluation [`suite`] and run by
+//! [`benchmarks`] (ImageFolder / CLIP_benchmark / CSV classification with
+//! [`classification`] metrics, Karpathy / COCO retrieval and captioning, SugarCrepe / ARO,
+//! VQA v2), their images streamed and their features cached by [`images`].
 //!
 //! ```no_run
 //! use cappa_data::{scene::{SceneConfig, SceneWorld}, pipeline::Normalize, tokenizer::Tokenizer};

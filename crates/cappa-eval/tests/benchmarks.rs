@@ -377,7 +377,7 @@ fn templates_without_the_class_placeholder_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        error.contains("templates.txt:2") && error.contains("{c}"),
+        error.contains("templates.txt") && error.contains("line 2") && error.contains("{c}"),
         "{error}"
     );
 }

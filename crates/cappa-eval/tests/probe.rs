@@ -175,6 +175,17 @@ fn linear_probe_fixed_matches_scikit_learn() {
         assert_eq!(predictions, case.predictions, "l2 {}", case.l2);
         let metrics = classification_metrics(&fixed.test_scores, &fixture.test_labels);
         assert_eq!(metrics.acc1, case.accuracy, "l2 {}", case.l2);
+        // From float32 copies, the kind encoders produce (the fixture's smallest top-2
+        // probability margin, 0.02, is far above float32 rounding).
+        let from_float32 = linear_probe_fixed(
+            &train_x.to_kind(Kind::Float),
+            &fixture.train_labels,
+            &test_x.to_kind(Kind::Float),
+            &fixture.test_labels,
+            fixture.num_classes,
+            case.l2,
+        );
+        assert_eq!(from_float32.test_accuracy, case.accuracy, "l2 {}", case.l2);
     }
 }
 

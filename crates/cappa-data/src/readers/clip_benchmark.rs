@@ -64,9 +64,9 @@ impl ClipBenchmark {
         };
         let class_names = match kind {
             ClipBenchmarkKind::Retrieval => Vec::new(),
-            ClipBenchmarkKind::Classification => read_class_names_file(&root.join(CLASS_NAMES))?,
+            ClipBenchmarkKind::Classification => read_class_name_lines(&root.join(CLASS_NAMES))?,
         };
-        let templates = read_templates(&root.join(TEMPLATES))?;
+        let templates = read_template_lines(&root.join(TEMPLATES))?;
         let shards = list_shards(root, split)?;
         Ok(ClipBenchmark {
             root: root.to_path_buf(),
@@ -113,7 +113,9 @@ fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
         .map(|(i, line)| (i + 1, line))
 }
 
-fn read_class_names_file(path: &Path) -> Result<Vec<String>, DataError> {
+/// Class names, one per trimmed non-blank line (line k names label k); a missing or empty
+/// file is an error naming it.
+pub fn read_class_name_lines(path: &Path) -> Result<Vec<String>, DataError> {
     let Some(text) = read_optional(path)? else {
         return Err(DataError::io(
             path,
@@ -134,7 +136,9 @@ fn read_class_names_file(path: &Path) -> Result<Vec<String>, DataError> {
     Ok(names)
 }
 
-fn read_templates(path: &Path) -> Result<Vec<String>, DataError> {
+/// Zero-shot templates, one per trimmed non-blank line, each with `{c}` for the class name
+/// (a line without one is an error naming the file and line); none when the file is missing.
+pub fn read_template_lines(path: &Path) -> Result<Vec<String>, DataError> {
     let Some(text) = read_optional(path)? else {
         return Ok(Vec::new());
     };

@@ -106,19 +106,7 @@ impl ImageFolder {
 /// lines dropped; line k names the class of label k. A count other than `expected` is a
 /// [`DataError::Format`] naming the file.
 pub fn read_class_names(path: &Path, expected: usize) -> Result<Vec<String>, DataError> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            DataError::format(path, "not UTF-8 text")
-        } else {
-            DataError::io(path, e)
-        }
-    })?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty())
-        .map(str::to_owned)
-        .collect();
+    let names = super::read_class_name_lines(path)?;
     if names.len() != expected {
         return Err(DataError::format(
             path,

@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::DataError;
 use crate::{BadSample, ImageData, Sample, SkipCounts, SkipReason};
 
-pub use clip_benchmark::{ClipBenchmark, ClipBenchmarkKind};
+pub use clip_benchmark::{
+    read_class_name_lines, read_template_lines, ClipBenchmark, ClipBenchmarkKind,
+};
 pub use coco::read_coco;
 pub use compositional::{read_aro, read_sugarcrepe, CompositionalItem};
 pub use csv_tsv::{read_csv, read_labelled_csv, CsvConfig};

@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use cappa_data::readers::{
-    read_class_names, read_labelled_csv, ClipBenchmark, ClipBenchmarkKind, FileRecord, ImageFolder,
+    read_class_name_lines, read_class_names, read_labelled_csv, read_template_lines, ClipBenchmark,
+    ClipBenchmarkKind, FileRecord, ImageFolder,
 };
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -92,34 +93,17 @@ impl ClassificationResults {
     }
 }
 
-/// Reads a templates file: one prompt per non-blank line, each with `{c}` for the class name;
-/// returned with `{}` in its place.
+/// Reads a templates file (one prompt per line with `{c}`), returned with `{}` for the class
+/// name as the zero-shot prompts take it.
 pub(crate) fn read_templates(path: &Path) -> Result<Vec<String>, OpenError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| OpenError::Data(cappa_data::error::DataError::io(path, e)))?;
-    let mut prompts = Vec::new();
-    for (line, template) in text.lines().enumerate() {
-        let template = template.trim();
-        if template.is_empty() {
-            continue;
-        }
-        if !template.contains("{c}") {
-            return Err(OpenError::Invalid(format!(
-                "{}:{}: the template `{template}` has no `{{c}}`, the class name's place: \
-                 write one template per line with `{{c}}` where the class name goes",
-                path.display(),
-                line + 1
-            )));
-        }
-        prompts.push(template.replace("{c}", "{}"));
-    }
-    if prompts.is_empty() {
+    let templates = read_template_lines(path)?;
+    if templates.is_empty() {
         return Err(OpenError::Invalid(format!(
             "{} holds no template: write one per line with `{{c}}` for the class name",
             path.display()
         )));
     }
-    Ok(prompts)
+    Ok(templates.iter().map(|t| t.replace("{c}", "{}")).collect())
 }
 
 /// An ImageFolder split, refusing class folders without images.
@@ -252,7 +236,7 @@ pub(crate) fn open(name: &str, spec: &Classification) -> Result<OpenedClassifica
             label_column,
             separator,
         } => {
-            let names = read_class_names_any(class_names)?;
+            let names = read_class_name_lines(class_names)?;
             let columns = (path_column.as_str(), label_column.as_str(), *separator);
             let records = |path: &Path| -> Result<SplitSource, OpenError> {
                 Ok(SplitSource::Files {
@@ -281,25 +265,6 @@ pub(crate) fn open(name: &str, spec: &Classification) -> Result<OpenedClassifica
         prompts,
         spec: spec.clone(),
     })
-}
-
-/// Class names from a file of any length (CSV labels index it).
-fn read_class_names_any(path: &Path) -> Result<Vec<String>, OpenError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| OpenError::Data(cappa_data::error::DataError::io(path, e)))?;
-    let names: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if names.is_empty() {
-        return Err(OpenError::Invalid(format!(
-            "{} holds no class name: write one per line, line k naming label k",
-            path.display()
-        )));
-    }
-    Ok(names)
 }
 
 /// Output names of the test split: probe features, CLIP embeddings, captioner zero-shot scores.
@@ -483,6 +448,13 @@ fn linear_results(
     match linear.l2 {
         Some(l2) => {
             let fitted = linear_probe_fixed(train_x, train_y, test_x, test_y, classes, l2);
+            if !fitted.converged {
+                eprintln!(
+                    "note: the linear probe at l2 {l2:e} stopped after {} steps with a largest \
+                     gradient entry of {:.1e} (not converged); a larger l2 converges faster",
+                    fitted.iterations, fitted.max_gradient
+                );
+            }
             Some(LinearResults {
                 l2,
                 validated: false,

@@ -68,7 +68,7 @@ impl SplitSource {
 
     /// Keeps at most `per_class` records of each label (`meta.label`), the first after a
     /// ChaCha8 shuffle seeded with 0, in index order; shards are left as they are (the caller
-    /// caps them while streaming, see [`PerClassCap`]).
+    /// caps them while streaming).
     pub fn capped(&self, per_class: Option<usize>) -> SplitSource {
         let (SplitSource::Files { records, index }, Some(cap)) = (self, per_class) else {
             return self.clone();

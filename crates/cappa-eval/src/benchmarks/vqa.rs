@@ -23,11 +23,14 @@ use crate::transfer::{
 /// Most tokens a generated VQA v2 answer may have (its answers are a few words).
 const MAX_VQA_ANSWER_TOKENS: usize = 2 * MAX_ANSWER_TOKENS;
 
+/// Questions grouped by image id, ascending.
+type ByImage = Vec<(u64, Vec<VqaItem>)>;
+
 #[derive(Debug)]
 pub(crate) struct OpenedVqa {
     /// Questions of the first `train_images` / `val_images` images, by image id.
-    train: Vec<(u64, Vec<VqaItem>)>,
-    val: Vec<(u64, Vec<VqaItem>)>,
+    train: ByImage,
+    val: ByImage,
     train_source: SplitSource,
     val_source: SplitSource,
     spec: Vqa,
@@ -53,10 +56,7 @@ impl VqaResults {
 
 /// The questions of a split, grouped by image (ascending id), the first `images` images,
 /// and the image files they need.
-fn split(
-    split: &VqaSplit,
-    images: usize,
-) -> Result<(Vec<(u64, Vec<VqaItem>)>, SplitSource), OpenError> {
+fn split(split: &VqaSplit, images: usize) -> Result<(ByImage, SplitSource), OpenError> {
     let items = read_vqa(&split.questions, Some(&split.annotations))?;
     if let Some(item) = items.iter().find(|i| i.answers.is_empty()) {
         return Err(OpenError::Invalid(format!(
@@ -70,7 +70,7 @@ fn split(
     for item in items {
         by_image.entry(item.image_id).or_default().push(item);
     }
-    let grouped: Vec<(u64, Vec<VqaItem>)> = by_image.into_iter().take(images).collect();
+    let grouped: ByImage = by_image.into_iter().take(images).collect();
     let prefix = split.prefix();
     let records = grouped
         .iter()

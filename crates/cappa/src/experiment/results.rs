@@ -1510,6 +1510,7 @@ mod tests {
             winners: vec![],
             findings: vec![],
             plots: vec![],
+            benchmarks: BTreeMap::new(),
         }
     }
 
