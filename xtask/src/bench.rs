@@ -21,7 +21,9 @@ pub(crate) enum Which {
     /// Full trainer steps of CLIP and CapPa vs a PyTorch-eager training loop
     /// (scripts/bench_train_reference.py), and the data-wait fraction with the real loader.
     Train,
-    /// Evaluation throughput (no reference): zero-shot scoring, greedy and beam captioning.
+    /// Evaluation throughput: CLIP B/16 image features/s vs open_clip's `encode_image` on the
+    /// same exported weights and JPEGs (scripts/bench_eval_reference.py); zero-shot scoring,
+    /// greedy and beam captioning (no reference).
     Eval,
 }
 
@@ -122,9 +124,9 @@ fn section(which: Which) -> &'static str {
 /// a Markdown table with one line per figure.
 fn summary(sections: &[(&str, Value)]) -> (Value, String) {
     let mut md = String::from(
-        "# cappa benchmarks\n\nEach figure next to its reference (PyTorch eager or \
+        "# cappa benchmarks\n\nEach figure next to its reference (PyTorch eager, open_clip or \
          Pillow + torchvision on the same machine and libtorch) and the ratio cappa / reference; \
-         evaluation throughput has no reference.\n\n\
+         the captioner's evaluation throughput has no reference.\n\n\
          | section | benchmark | cappa | reference | unit | ratio | target |\n\
          |---|---|---:|---:|---|---:|---|\n",
     );
@@ -171,16 +173,22 @@ pub(crate) fn run(which: Which, root: &Path, libtorch: &Libtorch) -> Result<()> 
     let out_dir = root.join("target").join("bench");
     std::fs::create_dir_all(&out_dir)?;
     let python = match libtorch {
-        Libtorch::Python { torch, .. } => torch.python.clone(),
-        Libtorch::Dir(_) => bail!(
+        Libtorch::Python { torch, .. } => Some(torch.python.clone()),
+        Libtorch::Dir(_) => None,
+    };
+    if let Which::Eval = which {
+        return eval(root, &out_dir, python.as_deref());
+    }
+    let Some(python) = python else {
+        bail!(
             "the PyTorch references need a Python with torch 2.11.0; unset LIBTORCH so that \
              xtask uses (or installs) one"
-        ),
+        )
     };
     match which {
         Which::Data => data(root, &out_dir, &python),
         Which::Train => train(root, &out_dir, &python),
-        Which::Eval => eval(root, &out_dir),
+        Which::Eval => unreachable!("handled above"),
         Which::Models => {
             let mut rows = Vec::new();
             for (preset, step_target) in [("tiny", 0.85), ("small", 1.0)] {
@@ -262,8 +270,11 @@ fn alternate(
     Ok((ours, reference))
 }
 
-/// The evaluation benchmark: cappa's figures alone, tiny and small, into `eval.json`.
-fn eval(root: &Path, out_dir: &Path) -> Result<()> {
+/// The evaluation benchmark: cappa's captioner figures alone, tiny and small, and CLIP B/16
+/// image features/s next to open_clip's `encode_image` on the same exported weights and files
+/// (`scripts/bench_eval_reference.py`), into `eval.json` and `eval.md`. Without a Python that
+/// has (or can install) open_clip the B/16 row has no reference.
+fn eval(root: &Path, out_dir: &Path, python: Option<&Path>) -> Result<()> {
     let mut rows = Vec::new();
     for preset in ["tiny", "small"] {
         let file = out_dir.join(format!("eval-{preset}.json"));
@@ -281,17 +292,148 @@ fn eval(root: &Path, out_dir: &Path) -> Result<()> {
         let figures = run_for_json(&mut cmd, &file)?;
         rows.extend(figures.as_array().cloned().unwrap_or_default());
     }
-    let path = out_dir.join("eval.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
-    for row in &rows {
-        println!(
-            "{}: {:.1} {}",
-            row["name"].as_str().unwrap_or("?"),
-            row["ours"].as_f64().unwrap_or(f64::NAN),
-            row["unit"].as_str().unwrap_or("")
+    let reference = match python {
+        None => Err(anyhow::anyhow!(
+            "LIBTORCH is set, so xtask has no Python with torch 2.11.0"
+        )),
+        Some(python) => open_clip_ready(python).map(|()| python),
+    };
+    if let Err(why) = &reference {
+        eprintln!(
+            "xtask: bench eval: no open_clip reference ({why:#}); cappa's B/16 figures alone"
         );
     }
-    println!("wrote {}", path.display());
+    let dir = out_dir.join("eval-open-clip");
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        eprintln!(
+            "xtask: bench eval --open-clip, round {}/{ROUNDS}",
+            round + 1
+        );
+        let file = out_dir.join("eval-open-clip-ours.json");
+        let mut cmd = Command::new(root.join("target/release/cappa"));
+        cmd.args(["--threads", "2", "bench", "eval", "--open-clip"])
+            .arg(&dir)
+            .arg("--json")
+            .arg(&file);
+        ours.push(run_for_json(&mut cmd, &file)?);
+        if let Ok(python) = reference {
+            let file = out_dir.join("eval-open-clip-reference.json");
+            let mut cmd = Command::new(python);
+            cmd.arg(root.join("scripts/bench_eval_reference.py"))
+                .arg("--dir")
+                .arg(&dir)
+                .args(["--threads", "2", "--json"])
+                .arg(&file);
+            theirs.push(run_for_json(&mut cmd, &file)?);
+        }
+    }
+    let images = ours[0]["images"].as_u64().unwrap_or(0);
+    let names = [
+        (
+            "features_per_s",
+            format!(
+                "B/16 224: image features/s, {images} JPEGs end to end (decode, resize, encode_image), batch 32"
+            ),
+        ),
+        (
+            "model_only_features_per_s",
+            "B/16 224: image features/s, encode_image only, batch 32".to_string(),
+        ),
+    ];
+    if theirs.is_empty() {
+        for (key, name) in names {
+            rows.push(json!({"name": format!("{name} (no open_clip reference)"),
+                             "ours": fold(&ours, key, f64::max)?, "unit": "features/s"}));
+        }
+    } else {
+        ensure!(
+            ours[0]["params"] == theirs[0]["params"],
+            "open_clip's model has {} parameters, cappa's {}: the export has drifted",
+            theirs[0]["params"],
+            ours[0]["params"]
+        );
+        eprintln!(
+            "xtask: bench eval: open_clip side: {}",
+            theirs[0]["preprocess"].as_str().unwrap_or("?")
+        );
+        for (key, name) in names {
+            let row = Row::new(
+                format!("{name} vs open_clip"),
+                fold(&ours, key, f64::max)?,
+                fold(&theirs, key, f64::max)?,
+                "features/s",
+                Goal::AtLeast(1.0),
+            );
+            rows.push(json!({
+                "name": row.name, "ours": row.ours, "reference": row.reference, "unit": row.unit,
+                "ratio": row.ratio, "target": row.target, "met": row.met,
+            }));
+        }
+    }
+    let path = out_dir.join("eval.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&rows)?)?;
+    let mut table = String::from(
+        "| benchmark | cappa | reference | unit | ratio | target |\n|---|---:|---:|---|---:|---|\n",
+    );
+    for row in &rows {
+        let number = |key: &str| row[key].as_f64().map_or("–".into(), |v| format!("{v:.2}"));
+        let target = match row["met"].as_bool() {
+            Some(met) => format!(
+                "{} ({})",
+                row["target"].as_str().unwrap_or(""),
+                if met { "met" } else { "NOT met" }
+            ),
+            None => "–".into(),
+        };
+        writeln!(
+            table,
+            "| {} | {} | {} | {} | {} | {target} |",
+            row["name"].as_str().unwrap_or("?"),
+            number("ours"),
+            number("reference"),
+            row["unit"].as_str().unwrap_or(""),
+            number("ratio"),
+        )?;
+    }
+    let md_path = out_dir.join("eval.md");
+    std::fs::write(&md_path, &table)?;
+    println!("{table}");
+    println!("wrote {} and {}", path.display(), md_path.display());
+    Ok(())
+}
+
+/// Makes sure `python` imports open_clip and Pillow, installing open_clip_torch and
+/// torchvision 0.26.0 (the build for torch 2.11.0; torch pinned so pip leaves it alone).
+fn open_clip_ready(python: &Path) -> Result<()> {
+    let imports = || {
+        Command::new(python)
+            .args(["-c", "import open_clip, PIL"])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if imports() {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: installing open_clip_torch, torchvision==0.26.0 and pillow for the eval reference"
+    );
+    let status = Command::new(python)
+        .args(["-m", "pip", "install", "--disable-pip-version-check"])
+        .args([
+            "torch==2.11.0",
+            "torchvision==0.26.0",
+            "open_clip_torch",
+            "pillow",
+        ])
+        .status()
+        .context("could not run pip")?;
+    ensure!(status.success(), "pip could not install open_clip_torch");
+    ensure!(
+        imports(),
+        "open_clip still does not import after pip install"
+    );
     Ok(())
 }
 

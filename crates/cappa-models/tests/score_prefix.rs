@@ -169,7 +169,7 @@ fn candidates_without_a_common_prefix_score_as_without_the_cache() {
         Tensor::randint_low(3, VOCAB, [7, MAX_LEN], (Kind::Int64, Device::Cpu))
     });
     // Different first tokens, then padding after different lengths.
-    let _ = random
+    random
         .narrow(1, 0, 1)
         .copy_(&Tensor::arange_start(3, 10, (Kind::Int64, Device::Cpu)).view([7, 1]));
     for (row, len) in [3, 9, 1, 16, 5, 2, 7].into_iter().enumerate() {
@@ -242,77 +242,4 @@ fn the_shared_prefix_and_scored_length_are_found() {
     );
     assert_eq!(decoder.shared_prefix_len(&per_image), 2);
     assert_eq!(decoder.scored_len(&per_image), 6);
-}
-
-#[test]
-#[ignore]
-fn adhoc_bench() {
-    let vocab: i64 = std::env::var("BENCH_VOCAB")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(512);
-    let b: i64 = std::env::var("BENCH_B")
-        .map(|v| v.parse().unwrap())
-        .unwrap_or(8);
-    let c: i64 = 1000;
-    let len: i64 = 32;
-    let vs = VarStore::new(Device::Cpu);
-    let config = DecoderConfig::new(SpecialTokens::built_in(vocab), len, 256, 8, 4, 1024);
-    let decoder = CapDecoder::new(vs.root(), &config);
-    tch::no_grad(|| {
-        for (name, mut var) in vs.variables() {
-            if name.starts_with("head") {
-                let noise = var.randn_like() * 0.5;
-                let _ = var.g_add_(&noise);
-            }
-        }
-    });
-    let images = Tensor::randn([b, 64, 256], (Kind::Float, Device::Cpu));
-    // "a photo of a {class}." : 4 prefix tokens, 1–4 class tokens, ".", EOS.
-    let mut rows = Vec::new();
-    for i in 0..c {
-        let mut row = vec![10, 11, 12, 13];
-        for j in 0..(1 + i % 4) {
-            row.push(20 + (i * 7 + j * 13) % (vocab - 20));
-        }
-        row.push(14);
-        row.push(EOS);
-        rows.push(row);
-    }
-    let refs: Vec<&[i64]> = rows.iter().map(|r| r.as_slice()).collect();
-    let candidates = padded(&refs, len as usize);
-    let scored = decoder.scored_len(&candidates);
-    eprintln!(
-        "threads {} B {b} C {c} L {len} V {vocab} width 256 depth 4 heads 4 mlp 1024 N 64; P {} L' {scored}",
-        tch::get_num_threads(),
-        decoder.shared_prefix_len(&candidates)
-    );
-    let time = |name: &str, f: &dyn Fn() -> Tensor| {
-        let mut best = f64::INFINITY;
-        let mut out = None;
-        for _ in 0..2 {
-            let t = std::time::Instant::now();
-            let s = tch::no_grad(f);
-            best = best.min(t.elapsed().as_secs_f64());
-            out = Some(s);
-        }
-        eprintln!("{name}: best of 2 {best:.3} s");
-        (out.unwrap(), best)
-    };
-    let (fast, t_fast) = time(
-        "score (trailing pad + shared prefix + shared image kv)",
-        &|| decoder.score(&images, &candidates),
-    );
-    let (trunc, t_trunc) = time("score_uncached on candidates cut to L'", &|| {
-        decoder.score_uncached(&images, &candidates.narrow(1, 0, scored))
-    });
-    let (full, t_full) = time("score_uncached (old path, L = 32)", &|| {
-        decoder.score_uncached(&images, &candidates)
-    });
-    eprintln!(
-        "max |fast - full| {:.2e}, max |cut - full| {:.2e}; speed-up {:.1}x (cut only {:.1}x)",
-        (&fast - &full).abs().max().double_value(&[]),
-        (&trunc - &full).abs().max().double_value(&[]),
-        t_full / t_fast,
-        t_full / t_trunc
-    );
 }

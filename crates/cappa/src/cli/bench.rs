@@ -497,9 +497,162 @@ pub(crate) fn train(args: &TrainArgs) -> Result<()> {
 pub(crate) struct EvalArgs {
     #[arg(long, value_enum, default_value = "tiny")]
     preset: Preset,
-    /// Write the figures as JSON here (`[{name, ours, unit}]`).
+    /// Write the figures as JSON here (`[{name, ours, unit}]`; with `--open-clip`, one object
+    /// `{features_per_s, model_only_features_per_s, …}`).
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Instead of the captioner figures: image features/s of a CLIP B/16 at 224 in open_clip's
+    /// layout, end to end on an ImageFolder as evaluation runs it. DIR receives the ImageFolder
+    /// (`DIR/images`) and the exported weights (`DIR/model`, `cappa export --format open_clip`
+    /// layout) that `scripts/bench_eval_reference.py --dir DIR` times in open_clip.
+    #[arg(long, value_name = "DIR")]
+    open_clip: Option<PathBuf>,
+    /// JPEGs in the ImageFolder (written when fewer are there).
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Images per model call.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
+/// The CLIP B/16 that `cappa bench eval --open-clip` times: open_clip's ViT-B/16 layout (class
+/// token, pre-LN, class-token pooling, 512-wide projection and text tower), exportable.
+fn open_clip_b16() -> ClipConfig {
+    use cappa_models::{Pooling, VitConfig};
+    let vision = VitConfig {
+        class_token: true,
+        ln_pre: true,
+        pooling: Pooling::Cls,
+        ..VitConfig::b16()
+    };
+    ClipConfig::new(
+        vision,
+        cappa_models::TextConfig::open_clip_b16(),
+        cappa_models::ContrastiveLoss::Softmax,
+    )
+}
+
+/// Writes `count` JPEGs (quality 90) of scene-world images as an ImageFolder of two classes,
+/// alternately 320×256 and 256×320, unless `root` already holds that many.
+fn make_image_folder(root: &std::path::Path, count: usize) -> Result<()> {
+    use cappa_data::pipeline::resize;
+    use cappa_data::readers::ImageFolder;
+    use cappa_data::scene::{SceneConfig, SceneWorld, Split};
+    if ImageFolder::open(root).is_ok_and(|folder| folder.records.len() >= count) {
+        return Ok(());
+    }
+    let world = SceneWorld::with_split(SceneConfig::default(), 0, Split::Eval)?;
+    for index in 0..count {
+        let dir = root.join(format!("class_{}", index % 2));
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("could not create {}", dir.display()))?;
+        let square = world.render_at(&world.scene(index as u64), 320);
+        let (width, height) = if index % 2 == 0 {
+            (320, 256)
+        } else {
+            (256, 320)
+        };
+        let image = resize(&square, width, height);
+        let mut bytes = Vec::new();
+        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, 90).encode_image(&image)?;
+        let path = dir.join(format!("{index:06}.jpg"));
+        std::fs::write(&path, bytes)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct OpenClipFigures {
+    model: &'static str,
+    threads: i32,
+    images: u64,
+    batch: usize,
+    /// Decode + `EvalTransform::open_clip` (bilinear) + `to_tensor` + `prepare_images`.
+    features_per_s: f64,
+    /// `prepare_images` alone on the already prepared batches.
+    model_only_features_per_s: f64,
+    params: i64,
+}
+
+/// `cappa bench eval --open-clip DIR`: image features/s of an untrained CLIP B/16 (the work
+/// does not depend on the weights), end to end through `Encoded::compute` as zero-shot
+/// classification runs it, and model-only; the weights are exported for the open_clip side.
+fn eval_open_clip(args: &EvalArgs, dir: &std::path::Path) -> Result<()> {
+    use cappa_data::pipeline::{EvalTransform, Normalize};
+    use cappa_data::readers::ImageFolder;
+    use cappa_eval::images::{Encoded, ImageSpec, Progress};
+    use cappa_eval::model::TextScorer;
+    let images_dir = dir.join("images");
+    make_image_folder(&images_dir, args.images)?;
+    let config = open_clip_b16();
+    let vs = VarStore::new(Device::Cpu);
+    let clip = Clip::new(vs.root(), &config);
+    cappa_models::export::export_open_clip(&vs, &config, &dir.join("model"))?;
+    let folder = ImageFolder::open(&images_dir)?;
+    let spec = ImageSpec {
+        transform: EvalTransform::open_clip(config.vision.image_size as u32),
+        normalize: Normalize::MinusOneToOne,
+    };
+    let quiet = Progress::new("bench", None);
+    let run = |limit: Option<usize>| {
+        Encoded::compute(
+            Box::new(folder.samples()),
+            &spec,
+            args.batch,
+            limit,
+            &quiet,
+            |_| true,
+            |images, _| vec![("embedding".into(), clip.prepare_images(images))],
+        )
+    };
+    // One warm-up batch, then every image once, timed.
+    let _ = run(Some(args.batch));
+    let start = Instant::now();
+    let encoded = run(None);
+    let seconds = start.elapsed().as_secs_f64();
+    let images = encoded.stats.good;
+    anyhow::ensure!(
+        images as usize == folder.records.len(),
+        "{} of {} images were encoded",
+        images,
+        folder.records.len()
+    );
+    // Model only: the same batches, already prepared.
+    let mut batches = Vec::new();
+    cappa_eval::images::stream(
+        Box::new(folder.samples()),
+        &spec,
+        args.batch,
+        None,
+        &quiet,
+        |_| true,
+        |images, _| batches.push(images.shallow_clone()),
+    );
+    let _ = clip.prepare_images(&batches[0]);
+    let start = Instant::now();
+    for batch in &batches {
+        let _ = clip.prepare_images(batch);
+    }
+    let model_seconds = start.elapsed().as_secs_f64();
+    let figures = OpenClipFigures {
+        model: "CLIP B/16 at 224 (open_clip ViT-B-16 layout), fp32",
+        threads: tch::get_num_threads(),
+        images,
+        batch: args.batch,
+        features_per_s: images as f64 / seconds,
+        model_only_features_per_s: images as f64 / model_seconds,
+        params: num_params(&vs),
+    };
+    println!(
+        "cappa bench eval --open-clip: CLIP B/16 image features {:.2}/s end to end (decode + open_clip eval transform, bilinear + encode), {:.2}/s model only; {images} images, batch {} ({} threads)",
+        figures.features_per_s, figures.model_only_features_per_s, args.batch, figures.threads
+    );
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&figures)?)
+            .with_context(|| format!("could not write {}", path.display()))?;
+    }
+    Ok(())
 }
 
 /// Evaluation throughput of an untrained captioner (the work does not depend on the weights):
@@ -507,6 +660,9 @@ pub(crate) struct EvalArgs {
 pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     use cappa_eval::model::Captioner;
     use cappa_eval::scoring::{score_streamed, Batches};
+    if let Some(dir) = &args.open_clip {
+        return eval_open_clip(args, dir);
+    }
     let config = match args.preset {
         Preset::Tiny => CapConfig::tiny(),
         Preset::Small => CapConfig::small(),
