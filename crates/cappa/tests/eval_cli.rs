@@ -7,15 +7,7 @@ use std::process::{Command, Output};
 use cappa::checkpoint_eval::{EvalPlan, LoadedCheckpoint};
 
 fn cappa(args: &[&str], paths: &[&Path]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_cappa"));
-    command.args(["--threads", "1"]).args(args);
-    for path in paths {
-        command.arg(path);
-    }
-    let out = command
-        .env_remove("LD_LIBRARY_PATH")
-        .output()
-        .expect("cappa starts");
+    let out = cappa_status(args, paths);
     assert!(
         out.status.success(),
         "cappa {args:?} failed: {}",

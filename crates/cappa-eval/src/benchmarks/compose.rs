@@ -111,15 +111,16 @@ pub(crate) fn run(
             });
             items_of[image].push(i);
         }
+        let position: HashMap<String, usize> = records
+            .iter()
+            .enumerate()
+            .map(|(k, record)| (record.key.clone(), k))
+            .collect();
         let source = SplitSource::Files {
             records,
             index: Vec::new(),
         };
         let mut correct: Vec<Option<bool>> = vec![None; items.len()];
-        let mut position: HashMap<String, usize> = HashMap::new();
-        for (k, record) in source_records(&source).iter().enumerate() {
-            position.insert(record.key.clone(), k);
-        }
         let encoded = encode(
             context,
             benchmark,
@@ -203,11 +204,4 @@ pub(crate) fn run(
         results.items.insert(name.clone(), scored);
     }
     results
-}
-
-fn source_records(source: &SplitSource) -> &[FileRecord] {
-    match source {
-        SplitSource::Files { records, .. } => records,
-        SplitSource::Shards { .. } => &[],
-    }
 }
