@@ -144,10 +144,40 @@ impl std::fmt::Debug for LoadedCheckpoint {
     }
 }
 
+/// The checkpoint directory `path` names: `path` itself when it holds a model, else the one
+/// the trainer's `latest` file points at, where `path` is that file, the `checkpoints/`
+/// directory holding it, or the run directory above that.
+pub fn resolve_checkpoint(path: &Path) -> Result<PathBuf> {
+    use cappa_trainer::checkpoint::LATEST_FILE;
+    let latest = if path.is_file() && path.file_name() == Some(LATEST_FILE.as_ref()) {
+        path.to_path_buf()
+    } else if path.join(cappa_models::checkpoint::CONFIG_FILE).exists() {
+        return Ok(path.to_path_buf());
+    } else if path.join(LATEST_FILE).is_file() {
+        path.join(LATEST_FILE)
+    } else if path.join("checkpoints").join(LATEST_FILE).is_file() {
+        path.join("checkpoints").join(LATEST_FILE)
+    } else {
+        return Ok(path.to_path_buf());
+    };
+    let name = std::fs::read_to_string(&latest)
+        .with_context(|| format!("reading {}", latest.display()))?;
+    let name = name.trim();
+    anyhow::ensure!(
+        !name.is_empty() && !name.contains(['/', '\\']),
+        "{} should name a checkpoint directory beside it (e.g. step-00000500) but holds {name:?}; \
+         pass the checkpoint directory itself",
+        latest.display()
+    );
+    Ok(latest.with_file_name(name))
+}
+
 impl LoadedCheckpoint {
     /// Loads `dir` (`config.json`, `model.safetensors`, `tokenizer.json`, optionally
-    /// `experiment.json`) onto `device`.
+    /// `experiment.json`) onto `device`. `dir` may also be a run directory, its
+    /// `checkpoints/` or the `latest` file in it: see [`resolve_checkpoint`].
     pub fn load(dir: &Path, device: Device) -> Result<Self> {
+        let dir = &resolve_checkpoint(dir)?;
         let (vs, model, config) = cappa_models::checkpoint::load(dir, device)
             .with_context(|| format!("loading the checkpoint {}", dir.display()))?;
         let tokenizer_path = dir.join("tokenizer.json");
@@ -296,5 +326,41 @@ impl OpenedSuite {
         let benchmarks: Vec<&cappa_eval::suite::Benchmark> =
             self.benchmarks.iter().map(|b| &b.benchmark).collect();
         serde_json::json!({ "name": self.name, "benchmarks": benchmarks })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve_checkpoint;
+    use std::fs;
+
+    #[test]
+    fn a_run_its_checkpoints_and_latest_resolve_to_the_checkpoint_latest_names() {
+        let run = tempfile::tempdir().unwrap();
+        let checkpoints = run.path().join("checkpoints");
+        for step in ["step-00000001", "step-00000002"] {
+            fs::create_dir_all(checkpoints.join(step)).unwrap();
+            fs::write(checkpoints.join(step).join("config.json"), "{}").unwrap();
+        }
+        fs::write(checkpoints.join("latest"), "step-00000001\n").unwrap();
+        let want = checkpoints.join("step-00000001");
+        for path in [
+            run.path().to_path_buf(),
+            checkpoints.clone(),
+            checkpoints.join("latest"),
+        ] {
+            assert_eq!(
+                resolve_checkpoint(&path).unwrap(),
+                want,
+                "{}",
+                path.display()
+            );
+        }
+        // A checkpoint directory is itself, whatever `latest` says.
+        let other = checkpoints.join("step-00000002");
+        assert_eq!(resolve_checkpoint(&other).unwrap(), other);
+        fs::write(checkpoints.join("latest"), "../elsewhere\n").unwrap();
+        let err = resolve_checkpoint(run.path()).unwrap_err().to_string();
+        assert!(err.contains("latest") && err.contains("elsewhere"), "{err}");
     }
 }

@@ -701,6 +701,7 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
     };
     let greedy = captions_per_s(full(1));
     let beam = captions_per_s(full(4));
+    let (cached, uncached) = class_name_scoring(&cap, &images.narrow(0, 0, 4), seq_len, vocab);
     let rows = serde_json::json!([
         {"name": format!("{:?}: zero-shot scoring, {images_n} images × {classes} classes of {seq_len} tokens", args.preset),
          "ours": pairs_per_s, "unit": "image-class pairs/s"},
@@ -708,10 +709,13 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
          "ours": greedy, "unit": "captions/s"},
         {"name": format!("{:?}: beam-4 captions of {seq_len} tokens, batch 16", args.preset),
          "ours": beam, "unit": "captions/s"},
+        {"name": format!("{:?}: zero-shot vs {IMAGENET_CLASSES} prompted class names, shared-prefix cache (reference: the same without it)", args.preset),
+         "ours": cached, "reference": uncached, "ratio": cached / uncached, "unit": "classes/s per image"},
     ]);
     println!(
-        "cappa bench eval --preset {:?}: zero-shot scoring {pairs_per_s:.0} image-class pairs/s, greedy {greedy:.1} captions/s, beam-4 {beam:.1} captions/s ({} threads)",
+        "cappa bench eval --preset {:?}: zero-shot scoring {pairs_per_s:.0} image-class pairs/s, greedy {greedy:.1} captions/s, beam-4 {beam:.1} captions/s; {IMAGENET_CLASSES} class names: {cached:.0} classes/s per image with the shared-prefix cache, {uncached:.0} without ({:.2}×) ({} threads)",
         args.preset,
+        cached / uncached,
         tch::get_num_threads()
     );
     if let Some(path) = &args.json {
@@ -719,6 +723,75 @@ pub(crate) fn eval(args: &EvalArgs) -> Result<()> {
             .with_context(|| format!("could not write {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Classes in the captioner's zero-shot scoring benchmark, as in ImageNet.
+const IMAGENET_CLASSES: i64 = 1000;
+
+/// Candidates shaped like `"a photo of a {c}."` prompts: the same 4-token prefix in every row,
+/// a class name of 1–3 tokens, a full stop and EOS, then padding to `seq_len`, for a tokenizer
+/// with `vocab` ids (0 pad, 1 BOS, 2 EOS).
+fn prompted_class_names(classes: i64, seq_len: i64, vocab: i64) -> Tensor {
+    use rand::Rng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let (prefix, stop) = ([3, 4, 5, 6], 7);
+    let mut rows = Vec::with_capacity((classes * seq_len) as usize);
+    for _ in 0..classes {
+        let mut row: Vec<i64> = prefix.to_vec();
+        for _ in 0..rng.random_range(1..=3) {
+            row.push(rng.random_range(8..vocab));
+        }
+        row.extend([stop, EOS_ID]);
+        row.resize(seq_len as usize, 0);
+        rows.extend(row);
+    }
+    Tensor::from_slice(&rows).view([classes, seq_len])
+}
+
+/// Classes/s per image of a captioner's zero-shot scoring of `images` against
+/// [`IMAGENET_CLASSES`] prompted class names, batched as classification batches them
+/// ([`cappa_eval::scoring::likelihood_images_per_batch`] images per call, each image's side
+/// prepared once and scored against every class): with the decoder's shared-prefix cache
+/// ([`cappa_models::CapDecoder::score`]) and without it (`score_uncached`, every candidate
+/// decoded at full length). Checks that the two agree.
+fn class_name_scoring(cap: &CapModel, images: &Tensor, seq_len: i64, vocab: i64) -> (f64, f64) {
+    use cappa_eval::model::TextScorer;
+    use cappa_eval::scoring::{batched, likelihood_images_per_batch, DEFAULT_BATCH};
+    let candidates = prompted_class_names(IMAGENET_CLASSES, seq_len, vocab);
+    let b = images.size()[0];
+    let per_call = likelihood_images_per_batch(DEFAULT_BATCH, IMAGENET_CLASSES as usize);
+    let score = |cached: bool| {
+        tch::no_grad(|| {
+            batched(b, per_call, |start, len| {
+                let side = cap.prepare_images(&images.narrow(0, start, len));
+                if cached {
+                    cap.decoder.score(&side, &candidates)
+                } else {
+                    cap.decoder.score_uncached(&side, &candidates)
+                }
+            })
+        })
+    };
+    let rate = |cached: bool| {
+        let _ = score(cached);
+        let seconds = median(
+            (0..3)
+                .map(|_| {
+                    let start = Instant::now();
+                    let _ = score(cached);
+                    start.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        // An image's classes take `seconds / b`.
+        (b * IMAGENET_CLASSES) as f64 / seconds
+    };
+    let gap = (score(true) - score(false)).abs().max().double_value(&[]);
+    assert!(
+        gap < 1e-3,
+        "cached and uncached class-name scores differ by {gap}"
+    );
+    (rate(true), rate(false))
 }
 
 #[derive(Debug, clap::Args)]

@@ -21,7 +21,8 @@ use crate::cli::device::DeviceArg;
 pub(crate) struct EvalArgs {
     /// A checkpoint directory (`config.json`, `model.safetensors`, `tokenizer.json`; a
     /// trainer checkpoint also has `experiment.json`, which gives the scene world, caption
-    /// length and normalisation it was trained with).
+    /// length and normalisation it was trained with), or a run directory, its `checkpoints/`
+    /// or its `latest` file: the checkpoint `latest` names.
     checkpoint: PathBuf,
     /// Where to write `results.json` and one JSON per task (default: CHECKPOINT/eval).
     #[arg(long)]
@@ -81,10 +82,7 @@ pub(crate) fn eval(args: &EvalArgs, device: DeviceArg) -> Result<()> {
             report.compositional_files.insert(name, accuracy);
         }
     }
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| args.checkpoint.join("eval"));
+    let out = args.out.clone().unwrap_or_else(|| loaded.dir.join("eval"));
     write_report(&out, &report).with_context(|| format!("writing {}", out.display()))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -110,13 +108,13 @@ fn eval_suite(args: &EvalArgs, suite: &str, device: DeviceArg) -> Result<()> {
     let cache = match (&args.cache, args.no_cache) {
         (_, true) => None,
         (Some(dir), false) => Some(dir.clone()),
-        (None, false) => Some(args.checkpoint.join(FEATURE_CACHE_DIR)),
+        (None, false) => Some(loaded.dir.join(FEATURE_CACHE_DIR)),
     };
     let report = loaded.evaluate_suite(&suite, &args.plan, cache.as_deref())?;
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| args.checkpoint.join("eval").join(&suite.name));
+        .unwrap_or_else(|| loaded.dir.join("eval").join(&suite.name));
     report
         .write(&out)
         .with_context(|| format!("writing {}", out.display()))?;

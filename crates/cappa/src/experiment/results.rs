@@ -15,7 +15,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{CompareOptions, FinishedRun, Preset, REPORT_FILE, RESULTS_FILE};
 use crate::checkpoint_eval::TrainedWith;
-use crate::plots::{self, Axes, BarGroup, CaptionedImage, Line, Panel};
+use crate::plots::{self, Axes, BarGroup, CaptionedImage, Line, LineStyle, Panel};
 
 /// Shots per class of the few-shot rows of the table (every shot count is in the JSON).
 pub const TABLE_SHOTS: u64 = 10;
@@ -932,6 +932,7 @@ impl CompareResults {
                 .map(|f| Line {
                     name: format!("seed {}", f.run.seed),
                     colour: f.run.seed as usize,
+                    style: LineStyle::Solid,
                     points: loss_curve(&f.run.dir.join(METRICS_FILE)),
                 })
                 .collect(),

@@ -25,7 +25,7 @@ use super::{
     PresetError, RunSet, PRESET_FILE, REPORT_FILE, RESULTS_FILE,
 };
 use crate::checkpoint_eval::EvalPlan;
-use crate::plots::{self, Axes, Line, Panel};
+use crate::plots::{self, Axes, Line, LineStyle, Panel};
 
 /// A model size of a sweep: a name and its changes to the shared training config.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -334,13 +334,18 @@ impl ScaleResults {
     }
 
     /// Compute axis: error (1 − accuracy; CIDEr as is) against training FLOPs, log-log, one
-    /// line per objective and model size.
+    /// line per objective and model size (the objective's colour, the size's stroke).
     fn draw_compute(&self, plots_dir: &Path, preset: &ScalePreset) -> Result<String> {
         let panel = |metric: String| {
             let mut lines = Vec::new();
             for objective in &preset.objectives {
-                for model in &preset.models {
-                    lines.extend(self.compute_line(&metric, *objective, model, preset));
+                for (m, model) in preset.models.iter().enumerate() {
+                    let line = self.compute_line(&metric, *objective, model, preset);
+                    // One colour per objective, one stroke per model size.
+                    lines.extend(line.map(|line| Line {
+                        style: LineStyle::nth(m),
+                        ..line
+                    }));
                 }
             }
             let title = if is_accuracy(&metric) {
@@ -388,6 +393,7 @@ impl ScaleResults {
         (!points.is_empty()).then(|| Line {
             name: format!("{} {}", objective_label(objective), model.name),
             colour: objective_colour(objective),
+            style: LineStyle::Solid,
             points,
         })
     }
@@ -400,6 +406,7 @@ impl ScaleResults {
         let line = |metric: &str, objective: Objective| Line {
             name: objective_label(objective).into(),
             colour: objective_colour(objective),
+            style: LineStyle::Solid,
             points: self
                 .points
                 .iter()
