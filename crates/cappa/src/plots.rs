@@ -108,10 +108,9 @@ pub struct Line {
 }
 
 /// How a line is stroked and marked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineStyle {
     /// Solid, round markers.
-    #[default]
     Solid,
     /// Long dashes, triangle markers.
     Dashed,

@@ -339,13 +339,8 @@ impl ScaleResults {
         let panel = |metric: String| {
             let mut lines = Vec::new();
             for objective in &preset.objectives {
-                for (m, model) in preset.models.iter().enumerate() {
-                    let line = self.compute_line(&metric, *objective, model, preset);
-                    // One colour per objective, one stroke per model size.
-                    lines.extend(line.map(|line| Line {
-                        style: LineStyle::nth(m),
-                        ..line
-                    }));
+                for m in 0..preset.models.len() {
+                    lines.extend(self.compute_line(&metric, *objective, m, preset));
                 }
             }
             let title = if is_accuracy(&metric) {
@@ -368,15 +363,17 @@ impl ScaleResults {
         Ok(plot_path(file))
     }
 
-    /// One objective's and model size's `metric` against training FLOPs, at the first noise
-    /// level; `None` without points.
+    /// One objective's and the `m`-th model size's `metric` against training FLOPs, at the
+    /// first noise level, in the objective's colour and the size's stroke; `None` without
+    /// points.
     fn compute_line(
         &self,
         metric: &str,
         objective: Objective,
-        model: &ScaleModel,
+        m: usize,
         preset: &ScalePreset,
     ) -> Option<Line> {
+        let model = &preset.models[m];
         let points: Vec<(f64, f64)> = self
             .points
             .iter()
@@ -393,7 +390,7 @@ impl ScaleResults {
         (!points.is_empty()).then(|| Line {
             name: format!("{} {}", objective_label(objective), model.name),
             colour: objective_colour(objective),
-            style: LineStyle::Solid,
+            style: LineStyle::nth(m),
             points,
         })
     }
