@@ -114,13 +114,14 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Fused qkv Linear(W, 3W) with bias -> SDPA -> Linear(W, W) with bias."""
+    """Fused qkv Linear(W, 3W) -> SDPA -> Linear(W, W), with biases unless `bias=False` (the
+    CapPa decoder's, as big_vision's)."""
 
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, bias: bool = True):
         super().__init__()
         self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)
-        self.out = nn.Linear(width, width)
+        self.qkv = nn.Linear(width, 3 * width, bias=bias)
+        self.out = nn.Linear(width, width, bias=bias)
 
     def forward(self, x, attn_mask=None, is_causal=False, cache=None):
         """`cache`, if given, is a dict holding this layer's past K,V (B, heads, t, hd); the new
@@ -137,14 +138,15 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """q Linear(W, W), kv Linear(W_enc, 2W), out Linear(W, W), all with bias."""
+    """q Linear(W, W), kv Linear(W_enc, 2W), out Linear(W, W), without biases (big_vision's
+    CapPa decoder)."""
 
     def __init__(self, width: int, enc_width: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(width, width)
-        self.kv = nn.Linear(enc_width, 2 * width)
-        self.out = nn.Linear(width, width)
+        self.q = nn.Linear(width, width, bias=False)
+        self.kv = nn.Linear(enc_width, 2 * width, bias=False)
+        self.out = nn.Linear(width, width, bias=False)
 
     def memory(self, enc_tokens):
         """K, V of the image tokens, (B, heads, N, hd) each; computable once per image."""
@@ -180,12 +182,13 @@ class Block(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-LN decoder block: self-attn -> cross-attn -> MLP; LayerNorms and MLP without bias."""
+    """Pre-LN decoder block: self-attn -> cross-attn -> MLP; no biases in attention, MLP and
+    LayerNorms (big_vision's CapPa with decoder_bias=False)."""
 
     def __init__(self, width: int, enc_width: int, heads: int, mlp: int):
         super().__init__()
         self.ln_1 = nn.LayerNorm(width, bias=False)
-        self.self_attn = SelfAttention(width, heads)
+        self.self_attn = SelfAttention(width, heads, bias=False)
         self.ln_2 = nn.LayerNorm(width, bias=False)
         self.cross_attn = CrossAttention(width, enc_width, heads)
         self.ln_3 = nn.LayerNorm(width, bias=False)
@@ -266,7 +269,7 @@ class CapPa(nn.Module):
         self.positional_embedding = nn.Parameter(torch.randn(p.max_len, p.width) * 0.02)
         self.blocks = nn.ModuleList(
             DecoderBlock(p.width, p.width, p.dec_heads, p.dec_mlp) for _ in range(p.dec_depth))
-        self.ln_final = nn.LayerNorm(p.width, bias=False)
+        self.ln_final = nn.LayerNorm(p.width)
         self.head = nn.Linear(p.width, p.vocab)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)

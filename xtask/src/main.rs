@@ -10,6 +10,7 @@
 //! cargo xtask run -- info --json    # build the `cappa` binary (release) and run it
 //! cargo xtask compare [ARGS…]       # the main job: cappa compare (release build)
 //! cargo xtask scale [ARGS…]         # cappa scale: size × examples × caption-noise sweeps
+//! cargo xtask calibrate             # the world/model calibration sweep → docs/calibration.md
 //! cargo xtask bench                 # every benchmark → target/bench/summary.{md,json}
 //! cargo xtask bench models          # cappa vs PyTorch eager → target/bench/models.{json,md}
 //! cargo xtask device-bench          # build what a GPU machine needs; print how to run it there
@@ -17,6 +18,7 @@
 //! ```
 
 mod bench;
+mod calibrate;
 mod libtorch;
 mod native;
 
@@ -65,6 +67,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<OsString>,
     },
+    /// The calibration sweep of the built-in comparison: `cappa compare` per setting of
+    /// data/calibration/sweep.json (finished ones reused), then docs/calibration.md.
+    Calibrate(calibrate::CalibrateArgs),
     /// Run benchmarks next to their references and write target/bench/NAME.{json,md}; without
     /// a name, all of them and target/bench/summary.{md,json}.
     Bench {
@@ -128,6 +133,10 @@ fn run(task: Task) -> Result<ExitCode> {
         Task::Run { args } => run_cappa(&root, &[], args),
         Task::Compare { args } => run_cappa(&root, &["compare"], args),
         Task::Scale { args } => run_cappa(&root, &["scale"], args),
+        Task::Calibrate(args) => {
+            calibrate::calibrate(&root, &args)?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -234,6 +243,11 @@ fn stripped_copy(root: &Path) -> Result<PathBuf> {
 
 /// Builds the `cappa` binary (release) and runs `cappa SUBCOMMAND… ARGS…`.
 fn run_cappa(root: &Path, subcommand: &[&str], args: Vec<OsString>) -> Result<ExitCode> {
+    Ok(exit_code(run_cappa_code(root, subcommand, args)?))
+}
+
+/// [`run_cappa`], returning the exit code as a number.
+pub(crate) fn run_cappa_code(root: &Path, subcommand: &[&str], args: Vec<OsString>) -> Result<i32> {
     let libtorch = libtorch::setup(Verbosity::Quiet)?;
     let cargo_args = [
         os_args(&["run", "--quiet", "--release", "--package", "cappa", "--"]),
@@ -241,7 +255,7 @@ fn run_cappa(root: &Path, subcommand: &[&str], args: Vec<OsString>) -> Result<Ex
         args,
     ]
     .concat();
-    Ok(exit_code(cargo(root, &libtorch, &cargo_args)?))
+    cargo(root, &libtorch, &cargo_args)
 }
 
 /// Whether [`libtorch::setup`] prints what it found when nothing had to be installed.

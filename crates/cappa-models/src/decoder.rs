@@ -4,7 +4,12 @@
 //! Reference: big_vision `models/proj/cappa/cappa.py`. As there: no dropout by default,
 //! learned positions, LayerNorms and MLP without bias, an untied output projection that starts
 //! at zero, and a token table with one extra row, the mask token (id = vocabulary size) used
-//! by parallel prediction. Deviation: attention projections carry biases (open_clip style).
+//! by parallel prediction. The initialisation is the reference's ([`DecoderInit::Reference`]):
+//! token embedding N(0, 1), attention without biases and with lecun-normal weights,
+//! xavier-uniform MLP weights, positions N(0, 1/D), a final LayerNorm with bias. Checkpoints
+//! from before it load as [`DecoderInit::Legacy`] (open_clip style: N(0, 0.02²) weights and
+//! token embedding, biased attention, final LayerNorm without bias), which training can still
+//! select (`model.decoder_init = "legacy"`).
 //!
 //! Incremental decoding keeps, per layer, the self-attention keys/values of the tokens so far
 //! and the cross-attention keys/values of the image, computed once ([`KvCache`]).
@@ -21,7 +26,8 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 use crate::layers::{
-    attend, dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, SelfAttention,
+    attend, dropout, normal, AttentionMask, CrossAttention, LayerNorm, Mlp, Projections,
+    SelfAttention, WeightInit, INIT_STD,
 };
 use crate::tokens::SpecialTokens;
 use crate::validate::{self, ConfigError};
@@ -49,6 +55,60 @@ pub struct DecoderConfig {
     /// Scores and the caption loss ignore pad targets; finished beams continue with it.
     pub pad_id: i64,
     pub dropout: f64,
+    /// How the parameters start; a configuration without it (a checkpoint written before it
+    /// existed) is [`DecoderInit::Legacy`], whose parameters it holds.
+    #[serde(default = "DecoderInit::before_it_was_recorded")]
+    pub init: DecoderInit,
+}
+
+/// The decoder's initialisation, which also decides which biases exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DecoderInit {
+    /// big_vision's CapPa decoder: token embedding N(0, 1); self- and cross-attention without
+    /// biases, lecun-normal weights (N(0, 1/fan_in)); MLP weights xavier-uniform; final
+    /// LayerNorm with bias; zero logits layer.
+    #[default]
+    Reference,
+    /// cappa's first decoder (open_clip conventions): token embedding and every projection
+    /// N(0, 0.02²), attention with zero-initialised biases, final LayerNorm without bias.
+    Legacy,
+}
+
+impl DecoderInit {
+    /// What a stored configuration without an `init` field was built with.
+    fn before_it_was_recorded() -> Self {
+        DecoderInit::Legacy
+    }
+
+    fn attention(self) -> Projections {
+        match self {
+            DecoderInit::Reference => Projections {
+                init: WeightInit::LecunNormal,
+                bias: false,
+            },
+            DecoderInit::Legacy => Projections::OPEN_CLIP,
+        }
+    }
+
+    fn mlp(self) -> Projections {
+        let init = match self {
+            DecoderInit::Reference => WeightInit::XavierUniform,
+            DecoderInit::Legacy => WeightInit::Normal(INIT_STD),
+        };
+        Projections { init, bias: false }
+    }
+
+    fn token_embedding_std(self) -> f64 {
+        match self {
+            DecoderInit::Reference => 1.0,
+            DecoderInit::Legacy => INIT_STD,
+        }
+    }
+
+    fn final_norm_bias(self) -> bool {
+        self == DecoderInit::Reference
+    }
 }
 
 impl DecoderConfig {
@@ -74,6 +134,7 @@ impl DecoderConfig {
             eos_id: tokens.eos_id,
             pad_id: tokens.pad_id,
             dropout: 0.0,
+            init: DecoderInit::Reference,
         }
     }
 
@@ -158,16 +219,22 @@ impl DecoderBlock {
     fn new(p: nn::Path<'_>, c: &DecoderConfig) -> Self {
         Self {
             ln_1: LayerNorm::new(&p / "ln_1", c.width, false),
-            self_attn: SelfAttention::new(&p / "self_attn", c.width, c.num_heads),
+            self_attn: SelfAttention::with(
+                &p / "self_attn",
+                c.width,
+                c.num_heads,
+                c.init.attention(),
+            ),
             ln_2: LayerNorm::new(&p / "ln_2", c.width, false),
-            cross_attn: CrossAttention::new(
+            cross_attn: CrossAttention::with(
                 &p / "cross_attn",
                 c.width,
                 c.memory_width,
                 c.num_heads,
+                c.init.attention(),
             ),
             ln_3: LayerNorm::new(&p / "ln_3", c.width, false),
-            mlp: Mlp::new(&p / "mlp", c.width, c.mlp_dim, false),
+            mlp: Mlp::with(&p / "mlp", c.width, c.mlp_dim, c.init.mlp()),
             dropout: c.dropout,
         }
     }
@@ -336,7 +403,7 @@ impl CapDecoder {
                 c.vocab_size + 1,
                 c.width,
                 nn::EmbeddingConfig {
-                    ws_init: normal(0.02),
+                    ws_init: normal(c.init.token_embedding_std()),
                     ..Default::default()
                 },
             ),
@@ -348,7 +415,7 @@ impl CapDecoder {
             blocks: (0..c.depth)
                 .map(|i| DecoderBlock::new(&blocks_path / i, c))
                 .collect(),
-            ln_final: LayerNorm::new(&p / "ln_final", c.width, false),
+            ln_final: LayerNorm::new(&p / "ln_final", c.width, c.init.final_norm_bias()),
             head,
             config: config.clone(),
         }

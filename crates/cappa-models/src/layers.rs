@@ -19,16 +19,62 @@ pub(crate) fn normal(std: f64) -> nn::Init {
     }
 }
 
-/// A linear layer whose weight is drawn from N(0, 0.02²) and whose bias (if any) starts at 0.
-pub(crate) fn linear(p: nn::Path<'_>, input: i64, output: i64, bias: bool) -> nn::Linear {
+/// How a projection's weight is drawn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum WeightInit {
+    /// N(0, std²) whatever the shape (open_clip: 0.02).
+    Normal(f64),
+    /// N(0, 1 / fan_in): flax's default `lecun_normal` (same variance; flax truncates at 2σ).
+    LecunNormal,
+    /// U(−a, a) with a = √(6 / (fan_in + fan_out)): flax's and PyTorch's `xavier_uniform`.
+    XavierUniform,
+}
+
+impl WeightInit {
+    /// The initialiser of a weight that maps `fan_in` inputs to `fan_out` outputs.
+    pub(crate) fn init(self, fan_in: i64, fan_out: i64) -> nn::Init {
+        match self {
+            WeightInit::Normal(std) => normal(std),
+            WeightInit::LecunNormal => normal((fan_in as f64).powf(-0.5)),
+            WeightInit::XavierUniform => {
+                let a = (6.0 / (fan_in + fan_out) as f64).sqrt();
+                nn::Init::Uniform { lo: -a, up: a }
+            }
+        }
+    }
+}
+
+/// The weight initialisation and bias of a layer's projections.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Projections {
+    pub(crate) init: WeightInit,
+    /// Biases start at 0.
+    pub(crate) bias: bool,
+}
+
+impl Projections {
+    /// open_clip's: N(0, 0.02²) weights, zero biases.
+    pub(crate) const OPEN_CLIP: Projections = Projections {
+        init: WeightInit::Normal(INIT_STD),
+        bias: true,
+    };
+}
+
+/// A linear layer with the given weight initialisation; its bias (if any) starts at 0.
+pub(crate) fn linear_with(
+    p: nn::Path<'_>,
+    input: i64,
+    output: i64,
+    projections: Projections,
+) -> nn::Linear {
     nn::linear(
         p,
         input,
         output,
         nn::LinearConfig {
-            ws_init: normal(INIT_STD),
-            bs_init: bias.then_some(nn::Init::Const(0.0)),
-            bias,
+            ws_init: projections.init.init(input, output),
+            bs_init: projections.bias.then_some(nn::Init::Const(0.0)),
+            bias: projections.bias,
         },
     )
 }
@@ -111,26 +157,43 @@ pub(crate) fn attend(q: &Tensor, k: &Tensor, v: &Tensor, mask: AttentionMask<'_>
 }
 
 /// Multi-head self-attention with a packed input projection, as `torch.nn.MultiheadAttention`
-/// (`in_proj_weight` (3D, D), `in_proj_bias` (3D), `out_proj`).
+/// (`in_proj_weight` (3D, D), `in_proj_bias` (3D, when biased), `out_proj`).
 #[derive(Debug)]
 pub struct SelfAttention {
     in_proj_weight: Tensor,
-    in_proj_bias: Tensor,
+    in_proj_bias: Option<Tensor>,
     out_proj: nn::Linear,
     num_heads: i64,
 }
 
 impl SelfAttention {
+    /// open_clip's layout: biased projections, N(0, 0.02²) weights.
     pub fn new(p: nn::Path<'_>, width: i64, num_heads: i64) -> Self {
+        Self::with(p, width, num_heads, Projections::OPEN_CLIP)
+    }
+
+    pub(crate) fn with(
+        p: nn::Path<'_>,
+        width: i64,
+        num_heads: i64,
+        projections: Projections,
+    ) -> Self {
         assert_eq!(
             width % num_heads,
             0,
             "width {width} is not divisible by num_heads {num_heads}"
         );
         Self {
-            in_proj_weight: p.var("in_proj_weight", &[3 * width, width], normal(INIT_STD)),
-            in_proj_bias: p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0)),
-            out_proj: linear(&p / "out_proj", width, width, true),
+            // Each of q, k, v maps D inputs to D outputs.
+            in_proj_weight: p.var(
+                "in_proj_weight",
+                &[3 * width, width],
+                projections.init.init(width, width),
+            ),
+            in_proj_bias: projections
+                .bias
+                .then(|| p.var("in_proj_bias", &[3 * width], nn::Init::Const(0.0))),
+            out_proj: linear_with(&p / "out_proj", width, width, projections),
             num_heads,
         }
     }
@@ -139,7 +202,7 @@ impl SelfAttention {
     pub(crate) fn qkv(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
         let (b, t, d) = x.size3().expect("attention input must be (B, T, D)");
         let h = self.num_heads;
-        let packed = x.linear(&self.in_proj_weight, Some(&self.in_proj_bias)); // (B, T, 3D)
+        let packed = x.linear(&self.in_proj_weight, self.in_proj_bias.as_ref()); // (B, T, 3D)
         let parts = packed
             .view([b, t, 3, h, d / h])
             .permute([2, 0, 3, 1, 4]) // (3, B, H, T, K)
@@ -169,16 +232,27 @@ pub struct CrossAttention {
 }
 
 impl CrossAttention {
+    /// open_clip's layout: biased projections, N(0, 0.02²) weights.
     pub fn new(p: nn::Path<'_>, width: i64, memory_width: i64, num_heads: i64) -> Self {
+        Self::with(p, width, memory_width, num_heads, Projections::OPEN_CLIP)
+    }
+
+    pub(crate) fn with(
+        p: nn::Path<'_>,
+        width: i64,
+        memory_width: i64,
+        num_heads: i64,
+        projections: Projections,
+    ) -> Self {
         assert_eq!(
             width % num_heads,
             0,
             "width {width} is not divisible by num_heads {num_heads}"
         );
         Self {
-            q_proj: linear(&p / "q_proj", width, width, true),
-            kv_proj: linear(&p / "kv_proj", memory_width, 2 * width, true),
-            out_proj: linear(&p / "out_proj", width, width, true),
+            q_proj: linear_with(&p / "q_proj", width, width, projections),
+            kv_proj: linear_with(&p / "kv_proj", memory_width, 2 * width, projections),
+            out_proj: linear_with(&p / "out_proj", width, width, projections),
             num_heads,
         }
     }
@@ -211,10 +285,23 @@ pub struct Mlp {
 }
 
 impl Mlp {
+    /// N(0, 0.02²) weights (open_clip).
     pub fn new(p: nn::Path<'_>, width: i64, hidden: i64, bias: bool) -> Self {
+        Self::with(
+            p,
+            width,
+            hidden,
+            Projections {
+                init: WeightInit::Normal(INIT_STD),
+                bias,
+            },
+        )
+    }
+
+    pub(crate) fn with(p: nn::Path<'_>, width: i64, hidden: i64, projections: Projections) -> Self {
         Self {
-            c_fc: linear(&p / "c_fc", width, hidden, bias),
-            c_proj: linear(&p / "c_proj", hidden, width, bias),
+            c_fc: linear_with(&p / "c_fc", width, hidden, projections),
+            c_proj: linear_with(&p / "c_proj", hidden, width, projections),
         }
     }
 }

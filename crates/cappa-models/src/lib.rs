@@ -42,7 +42,9 @@ pub use cap::{CapConfig, CapModel};
 pub use checkpoint::{CheckpointError, Model, ModelConfig};
 pub use clip::{Clip, ClipConfig, ContrastiveLoss};
 pub use cost::{num_params, train_flops};
-pub use decoder::{shift_right, CapDecoder, DecoderConfig, Decoding, GenerateConfig, KvCache};
+pub use decoder::{
+    shift_right, CapDecoder, DecoderConfig, DecoderInit, Decoding, GenerateConfig, KvCache,
+};
 pub use text::{TextConfig, TextEncoder};
 pub use tokens::SpecialTokens;
 pub use validate::ConfigError;

@@ -28,6 +28,19 @@ pub fn caption_loss(
     pad_id: i64,
     label_smoothing: f64,
 ) -> Tensor {
+    let per_caption = caption_losses(logits, targets, pad_id, label_smoothing);
+    per_caption.mean(per_caption.kind())
+}
+
+/// Each caption's own loss `(B)`: its summed token cross-entropy over its non-pad tokens, as
+/// [`caption_loss`] averages them (same arguments and panics). CapPa's training reports the
+/// parallel and the causal examples' means from it.
+pub fn caption_losses(
+    logits: &Tensor,
+    targets: &Tensor,
+    pad_id: i64,
+    label_smoothing: f64,
+) -> Tensor {
     let (logits_size, targets_size) = (logits.size(), targets.size());
     assert!(
         logits_size.len() == 3 && targets_size[..] == logits_size[..2],
@@ -58,6 +71,5 @@ pub fn caption_loss(
     let token_count = not_pad
         .sum_dim_intlist(&[1i64][..], false, kind)
         .clamp_min(1.0); // (B)
-    let per_caption = token_loss.sum_dim_intlist(&[1i64][..], false, kind) / token_count; // (B)
-    per_caption.mean(kind)
+    token_loss.sum_dim_intlist(&[1i64][..], false, kind) / token_count // (B)
 }

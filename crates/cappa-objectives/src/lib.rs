@@ -39,7 +39,7 @@ mod contrastive;
 mod metrics;
 mod parallel;
 
-pub use caption::caption_loss;
+pub use caption::{caption_loss, caption_losses};
 pub use contrastive::{
     contrastive_sigmoid_loss, contrastive_sigmoid_loss_global, contrastive_softmax_loss,
     contrastive_softmax_loss_global, splice_local, Gathered, MAX_LOGIT_SCALE,

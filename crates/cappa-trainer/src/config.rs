@@ -8,7 +8,8 @@ use std::path::{Path, PathBuf};
 use cappa_data::pipeline::{Crop, DecodeLimits, Normalize, TrainTransform};
 use cappa_data::scene::SceneConfig;
 use cappa_models::{
-    CapConfig, ClipConfig, ContrastiveLoss, ModelConfig, SpecialTokens, TextConfig, VitConfig,
+    CapConfig, ClipConfig, ContrastiveLoss, DecoderInit, ModelConfig, SpecialTokens, TextConfig,
+    VitConfig,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -63,6 +64,9 @@ pub struct ModelSpec {
     /// The text tower, used instead of the text preset's; as `vision`, it may name only some
     /// fields. Vocabulary, special ids and context are set from the data.
     pub text: Option<TextConfig>,
+    /// The caption decoder's initialisation (Cap and CapPa): `reference` (big_vision's, the
+    /// default) or `legacy` (cappa's first, open_clip conventions).
+    pub decoder_init: DecoderInit,
 }
 
 impl Default for ModelSpec {
@@ -73,6 +77,7 @@ impl Default for ModelSpec {
             image_size: None,
             vision: None,
             text: None,
+            decoder_init: DecoderInit::Reference,
         }
     }
 }
@@ -663,7 +668,8 @@ impl ExperimentConfig {
                 ModelConfig::Clip(ClipConfig::new(vision, self.text_tower(tokens)?, loss))
             }
             Objective::Cap | Objective::CapPa => {
-                let cap = CapConfig::new(vision, tokens, seq_len);
+                let mut cap = CapConfig::new(vision, tokens, seq_len);
+                cap.decoder.init = self.model.decoder_init;
                 cap.validate().map_err(model_field_error)?;
                 ModelConfig::Cap(cap)
             }

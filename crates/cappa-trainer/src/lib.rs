@@ -48,6 +48,7 @@ pub use checkpoint::{
 pub use config::{Budget, ConfigError, ExperimentConfig, Objective};
 pub use error::{ResumeError, TrainError};
 pub use metrics::{peak_flops_for, ProgressMode, METRICS_FILE};
+pub use objective::LossSplit;
 pub use optim::{AdamW, AdamWConfig, OptimizerStateError, WeightDecay};
 pub use schedule::{lr_factor, ScheduleConfig, ScheduleKind};
 pub use trainer::{Resume, RunSummary, StepOutcome, Trainer, TrainerOptions, SUMMARY_FILE};

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use tch::Device;
 
 use crate::checkpoint::TrainState;
+use crate::objective::LossSplit;
 use crate::trainer::StepOutcome;
 
 pub const METRICS_FILE: &str = "metrics.jsonl";
@@ -86,9 +87,15 @@ pub(crate) struct Window {
     finite_steps: u64,
     seconds: f64,
     wait_seconds: f64,
+    split: Option<LossSplit>,
 }
 
 impl Window {
+    /// CapPa's loss by kind of example over the window's finite steps.
+    pub(crate) fn split(&self) -> Option<LossSplit> {
+        self.split
+    }
+
     /// Adds a step of `examples` that took `time`, of which `wait` waiting for data.
     pub(crate) fn add(
         &mut self,
@@ -102,6 +109,9 @@ impl Window {
         if outcome.loss.is_finite() {
             self.loss_sum += outcome.loss;
             self.finite_steps += 1;
+            if let Some(split) = &outcome.split {
+                self.split.get_or_insert_with(LossSplit::default).add(split);
+            }
         }
         self.seconds += time.as_secs_f64();
         self.wait_seconds += wait.as_secs_f64();
@@ -126,8 +136,12 @@ impl Window {
 
     /// The progress line of a log step.
     pub(crate) fn summary_line(&self, outcome: &StepOutcome) -> String {
+        let split = match self.split.map(|s| s.means()) {
+            Some((Some(p), Some(c))) => format!(" (parallel {p:.3}, causal {c:.3})"),
+            _ => String::new(),
+        };
         format!(
-            "loss {:.4}  lr {:.2e}  {:.0} ex/s  data wait {:.0}%",
+            "loss {:.4}{split}  lr {:.2e}  {:.0} ex/s  data wait {:.0}%",
             outcome.loss,
             outcome.lr,
             self.examples_per_second(),
@@ -154,7 +168,7 @@ pub(crate) fn step_record(step: StepContext<'_>, window: &Window) -> Value {
     let s = step.state;
     let outcome = step.outcome;
     let flops_per_second = window.examples_per_second() * step.flops_per_example;
-    json!({
+    let mut record = json!({
         "step": s.step,
         "examples": s.examples_seen,
         "train_flops": s.flops_seen,
@@ -172,7 +186,15 @@ pub(crate) fn step_record(step: StepContext<'_>, window: &Window) -> Value {
         "skipped": s.cursor.skipped,
         "bad_steps": s.bad_steps,
         "elapsed_s": step.elapsed,
-    })
+    });
+    if let Some(split) = window.split() {
+        let (parallel, causal) = split.means();
+        record["loss_parallel_mean"] = json!(parallel);
+        record["loss_causal_mean"] = json!(causal);
+        record["parallel_examples"] = json!(split.parallel_examples);
+        record["causal_examples"] = json!(split.causal_examples);
+    }
+    record
 }
 
 /// The metrics record and the progress line of an evaluation at `step`.
@@ -365,6 +387,7 @@ mod tests {
             grad_norm: 1.0,
             lr: 1e-3,
             applied: loss.is_finite(),
+            split: None,
         };
         let second = Duration::from_secs(1);
         window.add(&outcome(2.0), 8, second, Duration::from_millis(250));

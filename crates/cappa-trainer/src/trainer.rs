@@ -28,7 +28,7 @@ use crate::checkpoint::{
 use crate::config::{ConfigError, ExperimentConfig, Objective, Precision};
 use crate::error::TrainError;
 use crate::metrics::{self, MetricsLog, Progress, ProgressMode, StepContext, Window, METRICS_FILE};
-use crate::objective::{self, LossContext};
+use crate::objective::{self, LossContext, LossSplit};
 use crate::optim::{AdamW, StepReport};
 use crate::random;
 use crate::schedule::lr_factor;
@@ -85,6 +85,12 @@ pub struct RunSummary {
     pub train_flops_per_example: f64,
     pub params: i64,
     pub final_loss: Option<f64>,
+    /// CapPa: the mean training loss of the parallel-prediction examples and of the causal
+    /// ones over the last log window (this rank's examples); absent for other objectives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_loss_parallel: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_loss_causal: Option<f64>,
     pub seconds: f64,
     pub examples_per_second: f64,
     pub bad_samples: u64,
@@ -101,6 +107,8 @@ pub struct StepOutcome {
     pub lr: f64,
     /// False when the step was skipped as non-finite.
     pub applied: bool,
+    /// CapPa: this rank's loss by kind of example (parallel or causal).
+    pub split: Option<LossSplit>,
 }
 
 /// A training run.
@@ -123,6 +131,8 @@ pub struct Trainer {
     hooks: Vec<Box<dyn EvalHook>>,
     checkpointed_step: Option<u64>,
     seconds_before: f64,
+    /// CapPa: the parallel and causal losses of the last logged window.
+    last_split: Option<LossSplit>,
     /// Data parallel: whether some rank was asked to stop (Ctrl-C), as of the last step.
     stop_agreed: bool,
 }
@@ -204,6 +214,7 @@ impl Trainer {
             hooks: Vec::new(),
             checkpointed_step,
             seconds_before,
+            last_split: None,
             stop_agreed: false,
         };
         if trainer.config.eval.every > 0 && main_rank {
@@ -298,7 +309,7 @@ impl Trainer {
         if self.uses_dropout() {
             random::seed_torch(random::dropout_seed(self.config.seed, step));
         }
-        let local_loss = self.backward(micro_batches, step)?;
+        let (local_loss, split) = self.backward(micro_batches, step)?;
         let loss = self.agree_on_loss(local_loss)?;
         let report = self.update(loss, lr, factor)?;
         if !report.applied {
@@ -311,16 +322,22 @@ impl Trainer {
             grad_norm: report.grad_norm,
             lr,
             applied: report.applied,
+            split,
         })
     }
 
     /// Accumulates the gradient of the micro-batches' mean loss and returns that mean (this
-    /// rank's).
-    fn backward(&self, micro_batches: &[(Tensor, Tensor)], step: u64) -> Result<f64, TrainError> {
+    /// rank's), and CapPa's loss by kind of example.
+    fn backward(
+        &self,
+        micro_batches: &[(Tensor, Tensor)],
+        step: u64,
+    ) -> Result<(f64, Option<LossSplit>), TrainError> {
         let parts = micro_batches.len() as f64;
         // Data parallel: the ranks' gradients are summed (see `objective::rank_share`).
         let share = objective::rank_share(&self.model, self.world_size());
         let mut loss_sum = 0.0;
+        let mut split: Option<LossSplit> = None;
         let device = self.options.device;
         // Pinned batches (CUDA) copy asynchronously; the copy orders before the forward on
         // the same stream.
@@ -328,11 +345,14 @@ impl Trainer {
         for (micro, (images, tokens)) in micro_batches.iter().enumerate() {
             let images = images.to_device_(device, images.kind(), non_blocking, false);
             let tokens = tokens.to_device_(device, tokens.kind(), non_blocking, false);
-            let loss = self.micro_loss(&images, &tokens, step, micro as u64)?;
+            let (loss, micro_split) = self.micro_loss(&images, &tokens, step, micro as u64)?;
             (&loss / (parts * share)).backward();
             loss_sum += loss.double_value(&[]);
+            if let Some(s) = micro_split {
+                split.get_or_insert_with(LossSplit::default).add(&s);
+            }
         }
-        Ok(loss_sum / parts)
+        Ok((loss_sum / parts, split))
     }
 
     /// The loss of one micro-batch, under bf16 autocast when the config asks for it.
@@ -342,7 +362,7 @@ impl Trainer {
         tokens: &Tensor,
         step: u64,
         micro: u64,
-    ) -> Result<Tensor, TrainError> {
+    ) -> Result<(Tensor, Option<LossSplit>), TrainError> {
         let context = LossContext {
             config: &self.config,
             device: self.options.device,
@@ -503,6 +523,7 @@ impl Trainer {
             let step = self.state.step;
             if step.is_multiple_of(self.config.log_every) || step == self.total_steps {
                 self.log_step(&outcome, &window, peak, started, progress)?;
+                self.last_split = window.split();
                 window = Window::default();
             }
             let every = self.config.eval.every;
@@ -661,6 +682,8 @@ impl Trainer {
             train_flops_per_example: self.flops_per_example,
             params: num_params(&self.vs),
             final_loss: self.state.last_loss,
+            final_loss_parallel: self.last_split.and_then(|s| s.means().0),
+            final_loss_causal: self.last_split.and_then(|s| s.means().1),
             seconds,
             examples_per_second: self.state.examples_seen as f64 / seconds.max(1e-9),
             bad_samples: self.bad_samples(),

@@ -102,6 +102,66 @@ fn an_interrupted_run_resumes_bit_identically() {
     assert!(final_weights(whole.path()) == final_weights(parts.path()));
 }
 
+/// CapPa's logged loss is the mean of its parallel and causal examples' losses, weighted by
+/// their counts; both kinds occur at prob 0.5, only causal ones at prob 0.
+#[test]
+fn cap_pa_logs_its_parallel_and_causal_losses_apart() {
+    let run = tempfile::tempdir().unwrap();
+    let summary = Trainer::start(
+        tiny("cap_pa", 6, &["parallel_prediction.prob=0.5"]),
+        run.path(),
+        options(Resume::Never),
+    )
+    .unwrap()
+    .run()
+    .unwrap();
+    let records = read_metrics(&run.path().join(METRICS_FILE)).unwrap();
+    let mut parallel_total = 0;
+    for r in records.iter().filter(|v| v.get("event").is_none()) {
+        let np = r["parallel_examples"].as_u64().unwrap();
+        let nc = r["causal_examples"].as_u64().unwrap();
+        assert_eq!(np + nc, 16, "{r}");
+        let p = r["loss_parallel_mean"].as_f64().unwrap_or(0.0);
+        let c = r["loss_causal_mean"].as_f64().unwrap_or(0.0);
+        let mixed = (p * np as f64 + c * nc as f64) / 16.0;
+        let loss = r["loss"].as_f64().unwrap();
+        assert!((mixed - loss).abs() < 1e-4 * loss, "{mixed} vs {loss}: {r}");
+        parallel_total += np;
+    }
+    // 96 examples at prob 0.5: far from none and from all.
+    assert!(
+        (20..=76).contains(&parallel_total),
+        "{parallel_total} parallel of 96"
+    );
+    assert!(summary.final_loss_parallel.is_some() && summary.final_loss_causal.is_some());
+
+    let causal_only = tempfile::tempdir().unwrap();
+    let summary = Trainer::start(
+        tiny("cap_pa", 3, &["parallel_prediction.prob=0"]),
+        causal_only.path(),
+        options(Resume::Never),
+    )
+    .unwrap()
+    .run()
+    .unwrap();
+    assert_eq!(summary.final_loss_parallel, None);
+    assert_eq!(logged(causal_only.path(), "parallel_examples"), [0.0; 3]);
+    let causal = logged(causal_only.path(), "loss_causal_mean");
+    for (c, loss) in causal.iter().zip(logged(causal_only.path(), "loss")) {
+        assert!((c - loss).abs() < 1e-5 * loss, "{c} vs {loss}");
+    }
+    // Cap logs no split at all.
+    let cap = tempfile::tempdir().unwrap();
+    Trainer::start(tiny("cap", 3, &[]), cap.path(), options(Resume::Never))
+        .unwrap()
+        .run()
+        .unwrap();
+    let records = read_metrics(&cap.path().join(METRICS_FILE)).unwrap();
+    assert!(records
+        .iter()
+        .all(|r| r.get("loss_parallel_mean").is_none()));
+}
+
 /// Two micro-batches of 4 give the update of one batch of 8 for Cap's per-caption loss.
 #[test]
 fn accumulation_matches_one_large_batch_for_cap() {

@@ -202,6 +202,25 @@ pub(crate) fn references(scene: &Scene, rng: &mut ChaCha8Rng) -> Vec<String> {
     out
 }
 
+/// The canonical description: every object in reading order (top row first, left to right),
+/// each with its canonical size, colour and shape words. Deterministic for a scene.
+pub(crate) fn canonical(scene: &Scene) -> String {
+    let mut order: Vec<&SceneObject> = scene.objects.iter().collect();
+    order.sort_by_key(|o| (o.cell.row, o.cell.col));
+    let items: Vec<String> = order
+        .into_iter()
+        .map(|o| {
+            with_article(format!(
+                "{} {} {}",
+                o.size.name(),
+                o.colour.name(),
+                o.shape.name()
+            ))
+        })
+        .collect();
+    join_list(&items)
+}
+
 /// A partial alt-text: only one object mentioned.
 pub(crate) fn partial(scene: &Scene, rng: &mut ChaCha8Rng) -> String {
     let o = &scene.objects[rng.random_range(0..scene.objects.len())];

@@ -487,6 +487,19 @@ pub struct SceneConfig {
     /// Fraction of training captions replaced by alt-text-like noise (0..=1): a third partial
     /// (one object only), a third generic ("a picture"), a third mismatched (another scene).
     pub caption_noise: f32,
+    /// Factor on every object's nominal radius (0.5..=1.7, and the largest jittered radius
+    /// must stay within a grid cell: below 0.3 of the image side).
+    pub object_scale: f32,
+    /// Share of the clean training captions that are the canonical description instead of a
+    /// random reference: every object in reading order with its canonical size, colour and
+    /// shape words ("a large red star, a small blue ring and a medium green hexagon"), the
+    /// same text every time for the same scene (0..=1).
+    pub canonical_captions: f32,
+    /// Share of the clean training captions that are a canonical relation ("a large red star
+    /// left of a small blue ring"), the phrasing the compositional tasks perturb (0..=1, and
+    /// `canonical_captions + relation_captions <= 1`). The rest are random references, of
+    /// which about one in seven states a relation.
+    pub relation_captions: f32,
 }
 
 impl Default for SceneConfig {
@@ -504,6 +517,9 @@ impl Default for SceneConfig {
             rotation_jitter: 20.0,
             occlusion_probability: 0.2,
             caption_noise: 0.1,
+            object_scale: 1.0,
+            canonical_captions: 0.0,
+            relation_captions: 0.0,
         }
     }
 }
@@ -586,9 +602,44 @@ impl SceneConfig {
             0.0,
             1.0,
         )?;
-        range("caption_noise", self.caption_noise, 0.0, 1.0)
+        range("caption_noise", self.caption_noise, 0.0, 1.0)?;
+        range("object_scale", self.object_scale, 0.5, 1.7)?;
+        let largest = Size::Large.radius() * (1.0 + self.size_jitter) * self.object_scale;
+        if largest >= MAX_RADIUS {
+            return bad(
+                "object_scale",
+                format!(
+                    "{} makes the largest object's radius {largest:.3} of the image side, \
+                     more than a grid cell holds (below {MAX_RADIUS}); lower object_scale or \
+                     size_jitter",
+                    self.object_scale
+                ),
+            );
+        }
+        range("canonical_captions", self.canonical_captions, 0.0, 1.0)?;
+        range("relation_captions", self.relation_captions, 0.0, 1.0)?;
+        if self.canonical_captions + self.relation_captions > 1.0 + 1e-6 {
+            return bad(
+                "relation_captions",
+                format!(
+                    "{} plus canonical_captions {} exceeds 1 (they are shares of the same \
+                     captions)",
+                    self.relation_captions, self.canonical_captions
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// The nominal radius of an object of `size` in this world, before jitter.
+    pub fn radius(&self, size: Size) -> f32 {
+        size.radius() * self.object_scale
     }
 }
+
+/// Objects stay below this radius (a fraction of the image side), so that an object fits the
+/// bounds of its grid cell and of the image at once.
+const MAX_RADIUS: f32 = 0.3;
 
 /// Which stream of scenes a world produces. Evaluation scenes come from a different random
 /// stream than training scenes of the same seed, so they are never seen in training.
@@ -709,7 +760,7 @@ impl SceneWorld {
                 Size::ALL[rng.random_range(0..largest_size as usize)]
             };
             let colour = Colour::ALL[rng.random_range(0..Colour::ALL.len())];
-            let radius = size.radius() * (1.0 + c.size_jitter * rng.random_range(-1.0f32..=1.0));
+            let radius = c.radius(size) * (1.0 + c.size_jitter * rng.random_range(-1.0f32..=1.0));
             let (cell, toward) = self.cell_for(&objects, &cells, &used, rng);
             used.push(cell);
             let (x, y) = self.position(cell, toward, radius, rng);
@@ -868,14 +919,37 @@ impl SceneWorld {
         captions::references(scene, &mut rng)
     }
 
-    /// The caption used for training: one of the references, or with probability
-    /// `caption_noise` an alt-text-like replacement (partial, generic or mismatched).
+    /// The caption used for training: with probability `caption_noise` an alt-text-like
+    /// replacement (partial, generic or mismatched); otherwise the canonical description or a
+    /// canonical relation (with the configured shares), or else one of the references.
     pub fn training_caption(&self, scene: &Scene, index: u64) -> String {
         let mut rng = self.rng(index, Purpose::TrainingCaption);
-        if self.config.caption_noise > 0.0 && rng.random_bool(self.config.caption_noise as f64) {
+        let c = &self.config;
+        let noisy = c.caption_noise > 0.0 && rng.random_bool(c.caption_noise as f64);
+        if !noisy && c.canonical_captions + c.relation_captions > 0.0 {
+            let u: f32 = rng.random();
+            if u < c.canonical_captions {
+                return captions::canonical(scene);
+            }
+            if u < c.canonical_captions + c.relation_captions {
+                return tasks::canonical_relation(scene, &mut rng);
+            }
+        }
+        self.training_caption_from(scene, index, noisy, &mut rng)
+    }
+
+    /// The noisy or reference training caption, once the canonical shares are decided.
+    fn training_caption_from(
+        &self,
+        scene: &Scene,
+        index: u64,
+        noisy: bool,
+        rng: &mut ChaCha8Rng,
+    ) -> String {
+        if noisy {
             match rng.random_range(0..3) {
-                0 => captions::partial(scene, &mut rng),
-                1 => captions::generic(&mut rng),
+                0 => captions::partial(scene, rng),
+                1 => captions::generic(rng),
                 _ => {
                     // A caption of another scene of the same world.
                     let mut other = rng.random::<u64>();

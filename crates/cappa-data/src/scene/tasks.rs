@@ -242,6 +242,12 @@ fn base_caption(scene: &Scene, rng: &mut ChaCha8Rng) -> Base {
     }
 }
 
+/// A true canonical relation caption ("a large red star left of a small blue ring", or the
+/// single object and its place), as the compositional tasks phrase their true captions.
+pub(crate) fn canonical_relation(scene: &Scene, rng: &mut ChaCha8Rng) -> String {
+    base_caption(scene, rng).text()
+}
+
 /// A relation between objects of different colours, and the caption with their colours
 /// swapped.
 fn attribute_swap(scene: &Scene, rng: &mut ChaCha8Rng) -> Option<(String, String)> {

@@ -394,12 +394,126 @@ fn caption_noise_zero_uses_references_and_one_replaces_them() {
 }
 
 #[test]
+fn object_scale_multiplies_every_radius_and_nothing_else() {
+    let base = world(6);
+    let config = SceneConfig {
+        object_scale: 1.5,
+        ..SceneConfig::default()
+    };
+    config.validate().unwrap();
+    let scaled = SceneWorld::new(config, 6).unwrap();
+    for index in 0..50 {
+        let (a, b) = (base.scene(index), scaled.scene(index));
+        assert_eq!(a.objects.len(), b.objects.len());
+        for (oa, ob) in a.objects.iter().zip(&b.objects) {
+            assert!((ob.radius - 1.5 * oa.radius).abs() < 1e-6, "{index}");
+            assert_eq!(
+                (oa.shape, oa.colour, oa.size),
+                (ob.shape, ob.colour, ob.size)
+            );
+            assert_eq!(oa.cell, ob.cell, "a scaled object stays in its cell");
+        }
+        assert_eq!(base.captions(&a, index), scaled.captions(&b, index));
+    }
+    // Bigger objects cover more of the image: more pixels differ from the background.
+    let (a, b) = (base.scene(3), scaled.scene(3));
+    let coverage = |w: &SceneWorld, s: &Scene| {
+        let img = w.render(s);
+        let bg = s.background.rgb;
+        img.pixels()
+            .filter(|p| (0..3).any(|c| (p[c] as i32 - bg[c] as i32).abs() > 60))
+            .count()
+    };
+    assert!(coverage(&scaled, &b) > coverage(&base, &a));
+}
+
+#[test]
+fn canonical_and_relation_shares_replace_the_clean_training_captions() {
+    let scene = Scene {
+        objects: vec![
+            object(Shape::Ring, Colour::Blue, Size::Small, 0.8, 0.8),
+            object(Shape::Star, Colour::Red, Size::Large, 0.5, 0.2),
+            object(Shape::Hexagon, Colour::Green, Size::Medium, 0.2, 0.8),
+        ],
+        marks: Vec::new(),
+        background: world(0).scene(0).background,
+    };
+    // Reading order: the star (top row), then the hexagon and the ring (bottom row, left first).
+    assert_eq!(
+        captions::canonical(&scene),
+        "a large red star, a medium green hexagon and a small blue ring"
+    );
+    let with = |canonical_captions, relation_captions| {
+        SceneWorld::new(
+            SceneConfig {
+                caption_noise: 0.0,
+                canonical_captions,
+                relation_captions,
+                ..SceneConfig::default()
+            },
+            8,
+        )
+        .unwrap()
+    };
+    let (canonical, relation, half, none) = (
+        with(1.0, 0.0),
+        with(0.0, 1.0),
+        with(0.5, 0.0),
+        with(0.0, 0.0),
+    );
+    let mut halves = 0;
+    for index in 0..200 {
+        let s = canonical.scene(index);
+        assert_eq!(
+            canonical.training_caption(&s, index),
+            captions::canonical(&s)
+        );
+        let r = relation.training_caption(&s, index);
+        let relations = s.relations();
+        if relations.is_empty() {
+            assert!(
+                r.starts_with(&format!("a {} ", s.objects[0].size.name())),
+                "{r}"
+            );
+        } else {
+            assert!(
+                relations.iter().any(|rel| r.contains(rel.kind.phrase())),
+                "{r} states none of the scene's relations"
+            );
+        }
+        if half.training_caption(&s, index) == captions::canonical(&s) {
+            halves += 1;
+        }
+        // Shares of zero keep today's captions: references, same random stream.
+        assert!(none
+            .captions(&s, index)
+            .contains(&none.training_caption(&s, index)));
+    }
+    assert!((70..=130).contains(&halves), "{halves} of 200 at share 0.5");
+}
+
+/// An object centred at (x, y) with its nominal radius and colour.
+fn object(shape: Shape, colour: Colour, size: Size, x: f32, y: f32) -> SceneObject {
+    SceneObject {
+        shape,
+        colour,
+        size,
+        cell: Cell::at(x, y),
+        x,
+        y,
+        radius: size.radius(),
+        rotation: 0.0,
+        rgb: colour.rgb(),
+    }
+}
+
+#[test]
 fn config_validation_names_the_field() {
     SceneConfig::default().validate().unwrap();
     SceneConfig::easy().validate().unwrap();
     /// A field and a change that puts it out of range.
     type Case = (&'static str, fn(&mut SceneConfig));
-    let cases: [Case; 9] = [
+    let cases: [Case; 14] = [
         ("image_size", |c| c.image_size = 8),
         ("min_objects", |c| c.min_objects = 0),
         ("min_objects", |c| {
@@ -412,6 +526,15 @@ fn config_validation_names_the_field() {
         ("background_noise", |c| c.background_noise = f32::NAN),
         ("occlusion_probability", |c| c.occlusion_probability = -0.1),
         ("clutter", |c| c.clutter = 100),
+        ("object_scale", |c| c.object_scale = 0.2),
+        // 0.17 × 1.1 × 1.65 = 0.309 of the image side: more than a grid cell holds.
+        ("object_scale", |c| c.object_scale = 1.65),
+        ("canonical_captions", |c| c.canonical_captions = 1.2),
+        ("relation_captions", |c| c.relation_captions = -0.5),
+        ("relation_captions", |c| {
+            c.canonical_captions = 0.6;
+            c.relation_captions = 0.5;
+        }),
     ];
     for (field, change) in cases {
         let mut config = SceneConfig::default();

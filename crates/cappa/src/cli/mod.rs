@@ -133,6 +133,7 @@ enum BenchCommand {
 
 /// Parses the command line and runs the command; the process exit status.
 pub(crate) fn main() -> ExitCode {
+    cappa_torch_ext::backends::keep_freed_memory();
     let cli = Cli::parse();
     if let Command::Launch(args) = &cli.command {
         return match launch::launch(args, &cli.global.to_args()) {

@@ -7,9 +7,9 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
-use cappa_data::scene::SceneWorld;
+use cappa_data::scene::{LabelSet, SceneWorld};
 use cappa_eval::report::EvalReport;
-use cappa_trainer::{Objective, METRICS_FILE};
+use cappa_trainer::{Objective, RunSummary, METRICS_FILE};
 use serde::de::IntoDeserializer;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -264,6 +264,66 @@ pub struct MetricRow {
     pub values: ByObjective<Spread>,
     /// In the Markdown table (the JSON has every row).
     pub in_table: bool,
+    /// What a model that ignores the image scores ([`chance_level`]); absent where there is no
+    /// such level (captioning scores, transfer, real benchmarks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chance: Option<Chance>,
+}
+
+/// A row's chance level and the margin a value needs to count as above it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Chance {
+    pub level: f64,
+    /// Test items the metric averages over (the sampling error of a chance-level model is
+    /// √(p(1 − p) / n)).
+    pub items: usize,
+}
+
+impl Chance {
+    /// Whether `value` is clearly above chance: by more than three times the larger of its
+    /// seed standard deviation and the sampling error of a chance-level model on the items.
+    pub fn exceeded_by(&self, value: &Spread) -> bool {
+        let p = self.level.clamp(0.0, 1.0);
+        let sampling = (p * (1.0 - p) / self.items.max(1) as f64).sqrt();
+        value.mean - p > 3.0 * value.std.max(sampling)
+    }
+}
+
+/// The score of guessing without the image, for a metric of the scene world's evaluation:
+/// 1/K for a label set of K classes (few-shot, linear probe, zero-shot), 1/2 for preferring
+/// the true caption of a pair (compositional), and for retrieval over `test_images` images with
+/// `captions_per_image` captions each, k/N text-to-image and 1 − C(T − c, k) / C(T, k)
+/// image-to-text (at least one of an image's c captions among the top k of all T captions).
+/// `None` for metrics without a chance level (captioning, transfer) and unknown label sets.
+pub(crate) fn chance_level(
+    id: &str,
+    scene: &cappa_data::scene::SceneConfig,
+    test_images: usize,
+    captions_per_image: usize,
+) -> Option<f64> {
+    let parts: Vec<&str> = id.split('/').collect();
+    let classes = |set: &str| {
+        let set = LabelSet::ALL.into_iter().find(|l| l.name() == set)?;
+        Some(1.0 / set.class_names(scene).len().max(1) as f64)
+    };
+    let recall_k = |k: &str| k.strip_prefix('r')?.parse::<usize>().ok();
+    match parts.as_slice() {
+        ["few_shot", _, set] | ["linear_probe", set] | ["zero_shot", set] => classes(set),
+        ["compositional", _] => Some(0.5),
+        ["retrieval", "text_to_image", k] => {
+            Some((recall_k(k)? as f64 / test_images.max(1) as f64).min(1.0))
+        }
+        ["retrieval", "image_to_text", k] => {
+            let (k, c) = (recall_k(k)?, captions_per_image);
+            let texts = test_images * c;
+            // C(T − c, k) / C(T, k) = Π_{i<k} (T − c − i) / (T − i).
+            let miss: f64 = (0..k.min(texts))
+                .map(|i| (texts.saturating_sub(c + i)) as f64 / (texts - i) as f64)
+                .product();
+            Some(1.0 - miss)
+        }
+        _ => None,
+    }
 }
 
 /// One trained model (means over seeds).
@@ -277,6 +337,11 @@ pub struct ModelRow {
     pub steps: u64,
     pub train_seconds: Spread,
     pub final_loss: Option<Spread>,
+    /// CapPa: the final training loss of its parallel-prediction and of its causal examples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_loss_parallel: Option<Spread>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_loss_causal: Option<Spread>,
     /// The contrastive text tower's depth, sized to the captioner's FLOPs.
     pub matched_text_depth: Option<i64>,
 }
@@ -589,6 +654,9 @@ fn winners(groups: &BTreeMap<TaskGroup, ByObjective<GroupMean>>, seeds: usize) -
     groups.iter().map(winner).collect()
 }
 
+/// Reference captions per test image of the scene world (retrieval's texts).
+const REFERENCES_PER_IMAGE: usize = 5;
+
 /// One row per metric in the order of the first report that has it, the groups in the
 /// table's order; each objective's value is its spread over the seeds' reports.
 fn metric_rows(objectives: &[Objective], finished: &[FinishedRun]) -> Vec<MetricRow> {
@@ -606,7 +674,22 @@ fn metric_rows(objectives: &[Objective], finished: &[FinishedRun]) -> Vec<Metric
         }
     }
     first_seen.sort_by_key(|m| m.group);
+    // The world the models were evaluated in (the first run's; every run of a comparison
+    // shares it) decides the label sets' sizes.
+    let world = finished.first().and_then(|f| {
+        let with = TrainedWith::read(&f.run.dir).ok()?;
+        Some((with.scene, f.report.test_images))
+    });
+    let chance = |id: &str| {
+        let (scene, test_images) = world.as_ref()?;
+        let level = chance_level(id, scene, *test_images, REFERENCES_PER_IMAGE)?;
+        Some(Chance {
+            level,
+            items: *test_images,
+        })
+    };
     let row = |metric: Metric| MetricRow {
+        chance: chance(&metric.id),
         values: objectives
             .iter()
             .filter_map(|o| {
@@ -633,6 +716,9 @@ fn model_rows(objectives: &[Objective], finished: &[FinishedRun]) -> Vec<ModelRo
         let Some(first) = runs.first() else { continue };
         let losses: Vec<f64> = runs.iter().filter_map(|f| f.summary.final_loss).collect();
         let seconds: Vec<f64> = runs.iter().map(|f| f.summary.seconds).collect();
+        let of = |value: fn(&RunSummary) -> Option<f64>| -> Vec<f64> {
+            runs.iter().filter_map(|f| value(&f.summary)).collect()
+        };
         models.push(ModelRow {
             objective: *objective,
             label: objective_label(*objective).into(),
@@ -642,6 +728,8 @@ fn model_rows(objectives: &[Objective], finished: &[FinishedRun]) -> Vec<ModelRo
             steps: first.summary.steps,
             train_seconds: Spread::of(&seconds).expect("at least one run"),
             final_loss: Spread::of(&losses),
+            final_loss_parallel: Spread::of(&of(|s| s.final_loss_parallel)),
+            final_loss_causal: Spread::of(&of(|s| s.final_loss_causal)),
             matched_text_depth: first.run.matched_text_depth,
         });
     }
@@ -725,11 +813,11 @@ impl CompareResults {
     /// The results table in Markdown: one row per metric, one column per objective, the best
     /// of each row in bold.
     pub fn table_markdown(&self) -> String {
-        let mut out = String::from("| group | task |");
+        let mut out = String::from("| group | task | chance |");
         for o in &self.objectives {
             let _ = write!(out, " {} |", self.label(*o));
         }
-        out.push_str("\n|---|---|");
+        out.push_str("\n|---|---|---:|");
         out.push_str(&"---:|".repeat(self.objectives.len()));
         out.push('\n');
         for row in self.metrics.iter().filter(|r| r.in_table) {
@@ -744,7 +832,14 @@ impl CompareResults {
             .values()
             .map(|s| s.mean)
             .fold(f64::NEG_INFINITY, f64::max);
-        let _ = write!(out, "| {} | {} |", row.group, row.label);
+        let chance = match &row.chance {
+            Some(c) if !row.values.values().any(|v| c.exceeded_by(v)) => {
+                format!("{:.3} · not learned at this budget", c.level)
+            }
+            Some(c) => format!("{:.3}", c.level),
+            None => "–".to_string(),
+        };
+        let _ = write!(out, "| {} | {} | {chance} |", row.group, row.label);
         for o in &self.objectives {
             match row.values.get(*o) {
                 Some(s) if row.values.len() > 1 && s.mean == best => {
@@ -834,13 +929,24 @@ impl CompareResults {
              come closest to the captioner's decoder.\n\n",
         );
         md.push_str(
+            "Throughput is the training's: examples seen over training seconds, and 3 × forward \
+             FLOPs per example at that rate. CapPa's final loss mixes its parallel-prediction \
+             and causal examples; the two are shown apart (means over the last log window).\n\n",
+        );
+        md.push_str(
             "| model | parameters | training FLOPs / example | examples seen | steps | \
-             training time | final loss |\n|---|---:|---:|---:|---:|---:|---:|\n",
+             training time | examples/s | GFLOP/s | final loss |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         );
         for m in &self.models {
+            let per_second = m.examples_seen as f64 / m.train_seconds.mean.max(1e-9);
+            let mut loss = m.final_loss.as_ref().map_or("–".into(), Spread::display);
+            if let (Some(p), Some(c)) = (&m.final_loss_parallel, &m.final_loss_causal) {
+                let _ = write!(loss, " (parallel {}, causal {})", p.display(), c.display());
+            }
             let _ = writeln!(
                 md,
-                "| {}{} | {} | {:.3e} | {} | {} | {} | {} |",
+                "| {}{} | {} | {:.3e} | {} | {} | {} | {per_second:.0} | {:.1} | {loss} |",
                 m.label,
                 m.matched_text_depth
                     .map(|d| format!(" (text tower: {d} layers)"))
@@ -850,7 +956,7 @@ impl CompareResults {
                 m.examples_seen,
                 m.steps,
                 super::minutes(m.train_seconds.mean),
-                m.final_loss.as_ref().map_or("–".into(), Spread::display),
+                per_second * m.train_flops_per_example / 1e9,
             );
         }
     }
@@ -860,7 +966,11 @@ impl CompareResults {
             md,
             "\n## Results\n\n{} on the scene world's held-out split (never seen in training); \
              the best of each row in bold. Few-shot rows are {TABLE_SHOTS}-shot ridge probes \
-             (every shot count is in results.json).\n",
+             (every shot count is in results.json). *Chance* is the score of guessing without \
+             the image (1/K for K classes, 1/2 for a caption pair, k/N-like for recall@k); a \
+             row is *not learned at this budget* when no objective beats it by more than three \
+             times the larger of its seed standard deviation and a chance-level model's \
+             sampling error √(p(1 − p)/n) on the n test images.\n",
             if self.seeds.len() > 1 {
                 "Mean ± standard deviation over seeds"
             } else {
@@ -1399,7 +1509,74 @@ mod tests {
                 .map(|(o, v)| (*o, Spread::of(&[*v]).expect("value")))
                 .collect(),
             in_table: true,
+            chance: None,
         }
+    }
+
+    #[test]
+    fn chance_levels_by_hand() {
+        use cappa_data::scene::SceneConfig;
+        let world = SceneConfig::default(); // 8 shapes, 1..=4 objects
+        let level = |id: &str| chance_level(id, &world, 100, 5);
+        assert_eq!(level("few_shot/10/shape"), Some(1.0 / 8.0));
+        assert_eq!(level("linear_probe/count"), Some(0.25));
+        let colours = LabelSet::Colour.class_names(&world).len() as f64;
+        assert_eq!(level("zero_shot/shape_colour"), Some(1.0 / (8.0 * colours)));
+        assert_eq!(level("compositional/relation_swap"), Some(0.5));
+        assert_eq!(level("retrieval/text_to_image/r5"), Some(0.05));
+        // One of an image's 5 captions first among 500: 5/500.
+        assert!((level("retrieval/image_to_text/r1").unwrap() - 0.01).abs() < 1e-12);
+        // Among the top 2: 1 − (495/500)(494/499).
+        let r2 = chance_level("retrieval/image_to_text/r2", &world, 100, 5).unwrap();
+        assert!((r2 - (1.0 - 495.0 / 500.0 * 494.0 / 499.0)).abs() < 1e-12);
+        assert_eq!(level("captioning/greedy/cider_d"), None);
+        assert_eq!(level("zero_shot/flowers"), None);
+        let one_object = SceneConfig {
+            max_objects: 2,
+            ..SceneConfig::default()
+        };
+        assert_eq!(
+            chance_level("few_shot/1/count", &one_object, 100, 5),
+            Some(0.5)
+        );
+    }
+
+    #[test]
+    fn rows_at_chance_say_so() {
+        use Objective::{Cap, Clip};
+        let chance = Chance {
+            level: 0.125,
+            items: 100,
+        };
+        // 3 × √(0.125 · 0.875 / 100) = 0.0992: 0.2 is not clear of chance, 0.25 is.
+        assert!(!chance.exceeded_by(&Spread::of(&[0.2]).unwrap()));
+        assert!(chance.exceeded_by(&Spread::of(&[0.25]).unwrap()));
+        // With seeds, their spread counts when it is the larger.
+        assert!(!chance.exceeded_by(&Spread::of(&[0.1, 0.5]).unwrap()));
+        let mut shape = row(
+            "few_shot/10/shape",
+            TaskGroup::FewShot,
+            &[(Clip, 0.2), (Cap, 0.15)],
+        );
+        shape.chance = Some(chance);
+        let mut colour = row(
+            "few_shot/10/colour",
+            TaskGroup::FewShot,
+            &[(Clip, 0.2), (Cap, 0.9)],
+        );
+        colour.chance = Some(chance);
+        let results = results_with(vec![shape, colour], vec![Clip, Cap]);
+        let table = results.table_markdown();
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].contains("| chance |"), "{table}");
+        assert!(
+            lines[2].contains("0.125 · not learned at this budget"),
+            "{table}"
+        );
+        assert!(
+            lines[3].contains("| 0.125 |") && !lines[3].contains("not learned"),
+            "{table}"
+        );
     }
 
     #[test]
@@ -1527,10 +1704,13 @@ mod tests {
         );
         let table = results.table_markdown();
         assert!(
-            table.contains("| few-shot | a | 0.500 | **0.750** |"),
+            table.contains("| few-shot | a | – | 0.500 | **0.750** |"),
             "{table}"
         );
-        assert!(table.contains("| captioning | b | – | 1.250 |"), "{table}");
+        assert!(
+            table.contains("| captioning | b | – | – | 1.250 |"),
+            "{table}"
+        );
         let json = serde_json::to_value(&results).expect("serialises");
         assert_eq!(json["objectives"], serde_json::json!(["clip", "cap"]));
         assert_eq!(json["metrics"][1]["group"], "captioning");
