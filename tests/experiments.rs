@@ -53,7 +53,8 @@ fn assert_plots(dir: &Path, plots: &[String], expected: &[&str]) {
     }
 }
 
-/// The report's table cell for `label` and column `column` (bold removed).
+/// The report's table cell for `label` and column `column` (0: chance, then the objectives;
+/// bold removed).
 fn report_cell(report: &str, group: &str, label: &str, column: usize) -> String {
     let prefix = format!("| {group} | {label} |");
     let line = report
@@ -70,8 +71,22 @@ fn assert_table_matches(results: &CompareResults, report: &str) {
     let mut checked = 0;
     for row in results.metrics.iter().filter(|r| r.in_table) {
         let (group, label) = (row.group.name(), row.label.as_str());
+        // The chance column: the row's level, and whether any objective clears it.
+        let chance = report_cell(report, group, label, 0);
+        match &row.chance {
+            Some(c) => {
+                let learned = row.values.values().any(|v| c.exceeded_by(v));
+                let expected = format!("{:.3}", c.level);
+                if learned {
+                    assert_eq!(chance, expected, "{group} {label}");
+                } else {
+                    assert_eq!(chance, format!("{expected} · not learned at this budget"));
+                }
+            }
+            None => assert_eq!(chance, "–", "{group} {label}"),
+        }
         for (k, objective) in results.objectives.iter().enumerate() {
-            let cell = report_cell(report, group, label, k);
+            let cell = report_cell(report, group, label, k + 1);
             match row.values.get(*objective) {
                 Some(v) => {
                     assert_eq!(
@@ -87,6 +102,13 @@ fn assert_table_matches(results: &CompareResults, report: &str) {
         }
     }
     assert!(checked >= 60, "only {checked} numbers checked");
+    // The scene world's classification and compositional rows know their chance level.
+    for row in &results.metrics {
+        let known = ["few_shot/", "linear_probe/", "zero_shot/", "compositional/"];
+        if known.iter().any(|k| row.id.starts_with(k)) {
+            assert!(row.chance.is_some(), "{} has no chance level", row.id);
+        }
+    }
 }
 
 /// Captioning applies to captioners only; retrieval, compositional and few-shot to all three.
