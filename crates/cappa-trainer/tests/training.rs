@@ -8,8 +8,8 @@ use std::path::Path;
 use cappa_trainer::checkpoint::{Checkpoints, LATEST_FILE};
 use cappa_trainer::metrics::read_metrics;
 use cappa_trainer::{
-    config, verify_checkpoints, ExperimentConfig, ProgressMode, Resume, ResumeError, TrainError,
-    Trainer, TrainerOptions, METRICS_FILE,
+    config, verify_checkpoints, ExperimentConfig, ProgressMode, Resume, ResumeError, RunSummary,
+    TrainError, Trainer, TrainerOptions, METRICS_FILE,
 };
 use tch::{Device, Kind, Tensor};
 
@@ -38,6 +38,14 @@ fn options(resume: Resume) -> TrainerOptions {
     }
 }
 
+/// Trains `config` from scratch into `run` to the end of its budget.
+fn train(config: ExperimentConfig, run: &Path) -> RunSummary {
+    Trainer::start(config, run, options(Resume::Never))
+        .unwrap()
+        .run()
+        .unwrap()
+}
+
 fn logged(run: &Path, key: &str) -> Vec<f64> {
     read_metrics(&run.join(METRICS_FILE))
         .unwrap()
@@ -56,14 +64,7 @@ fn final_weights(run: &Path) -> Vec<u8> {
 fn an_interrupted_run_resumes_bit_identically() {
     let extra = ["checkpoint_every=4", "eval.every=5"];
     let whole = tempfile::tempdir().unwrap();
-    Trainer::start(
-        tiny("cap_pa", 10, &extra),
-        whole.path(),
-        options(Resume::Never),
-    )
-    .unwrap()
-    .run()
-    .unwrap();
+    train(tiny("cap_pa", 10, &extra), whole.path());
 
     let parts = tempfile::tempdir().unwrap();
     let mut first = Trainer::start(
@@ -107,14 +108,10 @@ fn an_interrupted_run_resumes_bit_identically() {
 #[test]
 fn cap_pa_logs_its_parallel_and_causal_losses_apart() {
     let run = tempfile::tempdir().unwrap();
-    let summary = Trainer::start(
+    let summary = train(
         tiny("cap_pa", 6, &["parallel_prediction.prob=0.5"]),
         run.path(),
-        options(Resume::Never),
-    )
-    .unwrap()
-    .run()
-    .unwrap();
+    );
     let records = read_metrics(&run.path().join(METRICS_FILE)).unwrap();
     let mut parallel_total = 0;
     for r in records.iter().filter(|v| v.get("event").is_none()) {
@@ -136,14 +133,10 @@ fn cap_pa_logs_its_parallel_and_causal_losses_apart() {
     assert!(summary.final_loss_parallel.is_some() && summary.final_loss_causal.is_some());
 
     let causal_only = tempfile::tempdir().unwrap();
-    let summary = Trainer::start(
+    let summary = train(
         tiny("cap_pa", 3, &["parallel_prediction.prob=0"]),
         causal_only.path(),
-        options(Resume::Never),
-    )
-    .unwrap()
-    .run()
-    .unwrap();
+    );
     assert_eq!(summary.final_loss_parallel, None);
     assert_eq!(logged(causal_only.path(), "parallel_examples"), [0.0; 3]);
     let causal = logged(causal_only.path(), "loss_causal_mean");
@@ -152,10 +145,7 @@ fn cap_pa_logs_its_parallel_and_causal_losses_apart() {
     }
     // Cap logs no split at all.
     let cap = tempfile::tempdir().unwrap();
-    Trainer::start(tiny("cap", 3, &[]), cap.path(), options(Resume::Never))
-        .unwrap()
-        .run()
-        .unwrap();
+    train(tiny("cap", 3, &[]), cap.path());
     let records = read_metrics(&cap.path().join(METRICS_FILE)).unwrap();
     assert!(records
         .iter()
